@@ -1,0 +1,355 @@
+"""The real test bed: a private dockerd in swarm mode, a real registry, and images made offline.
+
+Everything lives under one temp dir and is stopped by pid. Nothing is pulled from the internet: images are
+``docker import``ed from a tiny rootfs made of busybox-static and pushed to the local registry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tarfile
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import docker.errors
+from docker.types import Healthcheck, ServiceMode, UpdateConfig
+
+BUSYBOX = Path("/bin/busybox")
+APPLETS = ("sh", "sleep", "true", "false", "cat", "echo", "httpd", "wget", "ls", "kill", "env")
+BOOT_TIMEOUT = 60.0
+REQUIRED_BINARIES = ("dockerd", "docker-registry")
+
+# Image behaviours. Each shell traps TERM so a task stops at once instead of waiting out the grace period.
+LONG_RUNNING = ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"]
+CRASHING = ["/bin/sh", "-c", "sleep 1; exit 3"]
+HEALTHY = Healthcheck(test=["CMD", "/bin/true"], interval=500_000_000, timeout=1_000_000_000, retries=1)
+UNHEALTHY = Healthcheck(test=["CMD", "/bin/false"], interval=500_000_000, timeout=1_000_000_000, retries=1)
+
+
+class BedUnavailable(RuntimeError):
+    """The bed cannot start on this machine (not root, binaries missing, daemon did not come up)."""
+
+
+def bed_required() -> bool:
+    """Under CI (or REQUIRE_SWARM=1) a bed that cannot start is a failure, never a skip."""
+    return bool(os.environ.get("CI")) or os.environ.get("REQUIRE_SWARM") == "1"
+
+
+def missing_prerequisites() -> str | None:
+    if os.geteuid() != 0:
+        return "the Docker test bed needs root (dockerd)"
+    missing = [b for b in REQUIRED_BINARIES if shutil.which(b) is None]
+    if not BUSYBOX.exists():
+        missing.append(str(BUSYBOX) + " (busybox-static)")
+    if missing:
+        return "missing: " + ", ".join(missing) + " (install docker.io docker-registry busybox-static)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate, *, timeout: float, interval: float = 0.1, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _children(pid: int) -> list[int]:
+    """All descendants of ``pid`` (from /proc), so teardown can check that none survive."""
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        parent = queue.pop()
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{parent}/task").iterdir():
+                text = (task / "children").read_text().split()
+                kids = [int(k) for k in text]
+                found.extend(kids)
+                queue.extend(kids)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True if ``pid`` runs (zombies awaiting their parent's wait count as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 20.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def busybox_rootfs_tar(dest: Path) -> Path:
+    """A tarball of busybox-static plus applet symlinks: enough rootfs for shells, sleep and httpd."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in ("bin", "tmp", "etc", "www"):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if name == "tmp" else 0o755
+            tar.addfile(info)
+        tar.add(BUSYBOX, arcname="bin/busybox")
+        for applet in APPLETS:
+            info = tarfile.TarInfo(f"bin/{applet}")
+            info.type, info.linkname, info.mode = tarfile.SYMTYPE, "busybox", 0o777
+            tar.addfile(info)
+    dest.write_bytes(buf.getvalue())
+    return dest
+
+
+@dataclass
+class SwarmBed:
+    root: Path
+    docker_host: str
+    registry: str
+    client: docker.DockerClient
+    dockerd: subprocess.Popen[bytes]
+    registry_proc: subprocess.Popen[bytes]
+    rootfs: Path
+    services: set[str] = field(default_factory=set)
+
+    # ---- images -------------------------------------------------------------------------------
+    def import_rootfs(self, tar_path: Path, ref: str, *, changes: Sequence[str] = ()) -> str:
+        """``docker import`` a rootfs tarball as ``ref`` (REGISTRY/name:tag) and push it."""
+        repository, _, tag = ref.rpartition(":")
+        self.client.api.import_image(src=str(tar_path), repository=repository, tag=tag, changes=list(changes))
+        self.push(repository, tag)
+        return ref
+
+    def push(self, repository: str, tag: str) -> None:
+        for line in self.client.images.push(repository, tag=tag, stream=True, decode=True):
+            if "error" in line:
+                raise RuntimeError(f"push {repository}:{tag} failed: {line['error']}")
+
+    def make_image(
+        self,
+        name: str,
+        tag: str,
+        *,
+        kind: str = "long",
+        cmd: Sequence[str] | None = None,
+        healthcheck: Healthcheck | None | str = "default",
+    ) -> str:
+        """Make and push ``REGISTRY/name:tag``. ``kind``: long (healthy), crash (exits 3), unhealthy."""
+        if cmd is None:
+            cmd = CRASHING if kind == "crash" else LONG_RUNNING
+        if healthcheck == "default":
+            healthcheck = UNHEALTHY if kind == "unhealthy" else HEALTHY
+        changes = [f"CMD {json.dumps(list(cmd))}", f"ENV IMAGE_TAG={tag}", f"LABEL bed.kind={kind}"]
+        if isinstance(healthcheck, Healthcheck):
+            test = json.dumps(healthcheck["Test"][1:])
+            changes.append(
+                f"HEALTHCHECK --interval={healthcheck['Interval'] // 1_000_000}ms "
+                f"--timeout={healthcheck['Timeout'] // 1_000_000}ms --retries={healthcheck['Retries']} "
+                f"CMD {test}"
+            )
+        return self.import_rootfs(self.rootfs, f"{self.registry}/{name}:{tag}", changes=changes)
+
+    def registry_digest(self, ref: str) -> str:
+        """The registry's manifest digest for ``ref``, asked over HTTP (independently of docker-py)."""
+        name, _, tag = ref.removeprefix(self.registry + "/").rpartition(":")
+        req = urllib.request.Request(
+            f"http://{self.registry}/v2/{name}/manifests/{tag}",
+            method="HEAD",
+            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return str(resp.headers["Docker-Content-Digest"])
+
+    # ---- services -----------------------------------------------------------------------------
+    def create_service(
+        self,
+        name: str,
+        image: str,
+        *,
+        replicas: int = 2,
+        mode: str = "replicated",
+        update_config: UpdateConfig | None = None,
+        wait: bool = True,
+        **kwargs: object,
+    ) -> docker.models.services.Service:
+        service_mode = ServiceMode("global") if mode == "global" else ServiceMode("replicated", replicas)
+        service = self.client.services.create(
+            image, name=name, mode=service_mode, update_config=update_config, **kwargs
+        )
+        self.services.add(name)
+        if wait:
+            expected = 1 if mode == "global" else replicas
+            wait_for(
+                lambda: len(self.running_tasks(name)) == expected,
+                timeout=60,
+                what=f"{expected} running task(s) of {name}",
+            )
+        return service
+
+    def running_tasks(self, name: str) -> list[dict[str, object]]:
+        service = self.client.services.get(name)
+        return [t for t in service.tasks({"desired-state": "running"}) if t["Status"]["State"] == "running"]
+
+    def remove_service(self, name: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self.client.services.get(name).remove()
+        self.services.discard(name)
+
+    def remove_all_services(self) -> None:
+        for name in list(self.services):
+            self.remove_service(name)
+
+    # ---- teardown -----------------------------------------------------------------------------
+    def stop(self) -> list[str]:
+        """Stop everything by pid and remove the temp dir; return what survived (empty when clean)."""
+        with contextlib.suppress(Exception):
+            self.remove_all_services()
+        with contextlib.suppress(Exception):
+            self.client.close()
+        tree = [self.dockerd.pid, *_children(self.dockerd.pid), self.registry_proc.pid]
+        stop_process(self.registry_proc)
+        stop_process(self.dockerd, timeout=30)
+        with contextlib.suppress(TimeoutError):
+            wait_for(lambda: not any(alive(p) for p in tree), timeout=15, what="bed processes to exit")
+        survivors = [f"pid {p}" for p in tree if alive(p)]
+        _unmount_below(self.root)
+        shutil.rmtree(self.root, ignore_errors=True)
+        if self.root.exists():
+            survivors.append(f"dir {self.root}")
+        return survivors
+
+
+def _unmount_below(root: Path) -> None:
+    """dockerd can leave netns and shm mounts under its exec-root when stopped hard."""
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for mount in sorted((m for m in mounts if m.startswith(str(root))), reverse=True):
+        subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
+
+
+def start_bed(*, boot_timeout: float = BOOT_TIMEOUT) -> SwarmBed:
+    """Boot dockerd (vfs, swarm on 127.0.0.1) and a registry under a fresh temp dir."""
+    problem = missing_prerequisites()
+    if problem:
+        raise BedUnavailable(problem)
+    # Short path: unix socket paths are limited to 108 bytes.
+    root = Path(tempfile.mkdtemp(prefix="wsbed-", dir="/tmp"))
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        sock = root / "docker.sock"
+        for sub in ("data", "exec", "registry"):
+            (root / sub).mkdir()
+        log = (root / "dockerd.log").open("wb")
+        dockerd = subprocess.Popen(
+            [
+                "dockerd",
+                "--storage-driver=vfs",
+                f"--data-root={root / 'data'}",
+                f"--exec-root={root / 'exec'}",
+                f"--pidfile={root / 'docker.pid'}",
+                f"--host=unix://{sock}",
+                "--iptables=false",
+                "--ip-masq=false",
+                "--userland-proxy=false",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        started.append(dockerd)
+
+        def connected() -> docker.DockerClient | None:
+            if dockerd.poll() is not None:
+                raise BedUnavailable(f"dockerd exited with {dockerd.returncode}: {_tail(root / 'dockerd.log')}")
+            try:
+                # version="auto" asks the daemon at once, so this doubles as the readiness probe.
+                return docker.DockerClient(base_url=f"unix://{sock}", version="auto", timeout=60)
+            except docker.errors.DockerException:
+                return None
+
+        client = wait_for(connected, timeout=boot_timeout, what="dockerd to answer")
+        client.swarm.init(advertise_addr="127.0.0.1", listen_addr=f"127.0.0.1:{free_port()}")
+
+        port = free_port()
+        config = root / "registry.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log: {level: warn}\n"
+            f"storage: {{filesystem: {{rootdirectory: {root / 'registry'}}}, delete: {{enabled: true}}}}\n"
+            f"http: {{addr: '127.0.0.1:{port}'}}\n"
+        )
+        registry_proc = subprocess.Popen(
+            ["docker-registry", "serve", str(config)],
+            stdout=(root / "registry.log").open("wb"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        started.append(registry_proc)
+
+        def registry_up() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        wait_for(registry_up, timeout=boot_timeout, what="the registry to answer")
+        rootfs = busybox_rootfs_tar(root / "rootfs.tar")
+        return SwarmBed(
+            root=root,
+            docker_host=f"unix://{sock}",
+            registry=f"127.0.0.1:{port}",
+            client=client,
+            dockerd=dockerd,
+            registry_proc=registry_proc,
+            rootfs=rootfs,
+        )
+    except BaseException as e:
+        for proc in reversed(started):
+            stop_process(proc)
+        _unmount_below(root)
+        shutil.rmtree(root, ignore_errors=True)
+        if isinstance(e, BedUnavailable | TimeoutError):
+            raise BedUnavailable(str(e)) from e
+        raise
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    with contextlib.suppress(OSError):
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+@contextlib.contextmanager
+def running_bed() -> Iterator[SwarmBed]:
+    bed = start_bed()
+    try:
+        yield bed
+    finally:
+        survivors = bed.stop()
+        if survivors:
+            raise RuntimeError(f"the test bed left these behind: {', '.join(survivors)}")

@@ -1,0 +1,3 @@
+from webhook_server.cli import main
+
+main()
