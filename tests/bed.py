@@ -157,7 +157,7 @@ class SwarmBed:
         *,
         kind: str = "long",
         cmd: Sequence[str] | None = None,
-        healthcheck: Healthcheck | None | str = "default",
+        healthcheck: Healthcheck | str | None = "default",
     ) -> str:
         """Make and push ``REGISTRY/name:tag``. ``kind``: long (healthy), crash (exits 3), unhealthy."""
         if cmd is None:
@@ -284,7 +284,9 @@ def start_bed(*, boot_timeout: float = BOOT_TIMEOUT) -> SwarmBed:
 
         def connected() -> docker.DockerClient | None:
             if dockerd.poll() is not None:
-                raise BedUnavailable(f"dockerd exited with {dockerd.returncode}: {_tail(root / 'dockerd.log')}")
+                raise BedUnavailable(
+                    f"dockerd exited with {dockerd.returncode}: {_tail(root / 'dockerd.log')}"
+                )
             try:
                 # version="auto" asks the daemon at once, so this doubles as the readiness probe.
                 return docker.DockerClient(base_url=f"unix://{sock}", version="auto", timeout=60)

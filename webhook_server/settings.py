@@ -76,7 +76,7 @@ def _read_secret(env: Mapping[str, str], name: str) -> str | None:
     return value.strip() if value is not None else None
 
 
-def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+def load_settings(*, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Build Settings from the environment; explicit overrides (e.g. CLI flags) win."""
     env = os.environ if env is None else env
     raw: dict[str, object] = {}
@@ -86,7 +86,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
             raw[field] = value
     raw.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return Settings(**raw)  # type: ignore[arg-type]
+        return Settings.model_validate(raw)
     except ValidationError as e:
         problems = []
         for err in e.errors():

@@ -11,8 +11,9 @@ from tests.bed import BOOT_TIMEOUT, SwarmBed, alive, running_bed, wait_for
 
 pytestmark = pytest.mark.swarm
 
-FAST_UPDATE = UpdateConfig(parallelism=1, delay=0, failure_action="rollback", monitor=2_000_000_000,
-                           order="start-first")
+FAST_UPDATE = UpdateConfig(
+    parallelism=1, delay=0, failure_action="rollback", monitor=2_000_000_000, order="start-first"
+)
 
 
 def _update_state(bed: SwarmBed, name: str) -> str | None:
@@ -39,8 +40,12 @@ def test_pinned_update_completes_on_every_task(bed: SwarmBed, unique: str) -> No
     bed.create_service(unique, old, replicas=2, update_config=FAST_UPDATE)
 
     digest = _pinned_update(bed, unique, new)
-    wait_for(lambda: _update_state(bed, unique) == "completed", timeout=60, interval=0.25,
-             what="the update to complete")
+    wait_for(
+        lambda: _update_state(bed, unique) == "completed",
+        timeout=60,
+        interval=0.25,
+        what="the update to complete",
+    )
 
     tasks = bed.running_tasks(unique)
     assert len(tasks) == 2
@@ -55,8 +60,12 @@ def test_crashing_image_rolls_back_to_previous_digest(bed: SwarmBed, unique: str
     bed.create_service(unique, f"{good}@{good_digest}", replicas=2, update_config=FAST_UPDATE)
 
     _pinned_update(bed, unique, bad)
-    wait_for(lambda: _update_state(bed, unique) == "rollback_completed", timeout=90, interval=0.25,
-             what="the rollback to complete")
+    wait_for(
+        lambda: _update_state(bed, unique) == "rollback_completed",
+        timeout=90,
+        interval=0.25,
+        what="the rollback to complete",
+    )
 
     spec_image = bed.client.services.get(unique).attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
     assert spec_image == f"{good}@{good_digest}"

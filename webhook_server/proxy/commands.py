@@ -1,0 +1,121 @@
+"""``webhook-server render-nginx`` and ``webhook-server reload-proxy`` (registered by ``cli``).
+
+A user's mistake (a bad rules file, no ``proxy:`` section, an unwritable output) ends as one ``error:``
+message and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+import click
+from pydantic import ValidationError
+
+from webhook_server.errors import WebhookError
+from webhook_server.proxy.config import ProxyConfig, parse_version
+from webhook_server.proxy.render import render_nginx_conf
+from webhook_server.rules import load_rules
+
+log = logging.getLogger(__name__)
+
+USER_ERROR = 2
+
+
+class UserError(click.ClickException):
+    exit_code = USER_ERROR
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"error: {self.format_message()}", file=file, err=file is None)
+
+
+def _check_version(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        try:
+            parse_version(value)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+    return value
+
+
+def load_proxy_config(rules_path: Path) -> ProxyConfig:
+    try:
+        rules = load_rules(rules_path)
+    except WebhookError as e:
+        raise UserError(e.message) from None
+    if rules.proxy is None:
+        raise UserError(f"{rules_path}: no proxy: section; see nginx/README.md for an example")
+    return rules.proxy
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` in one step, so nginx (or nginx -t) never reads half a file."""
+    directory = path.parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+rules_option = click.option(
+    "--rules",
+    "rules_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="WEBHOOK_RULES",
+    default="deploy_rules.yaml",
+    show_default=True,
+    help="deploy_rules.yaml with a proxy: section (env WEBHOOK_RULES).",
+)
+
+
+@click.command("render-nginx")
+@rules_option
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Write nginx.conf here (replaced atomically) instead of printing it.",
+)
+@click.option("--nginx-version", callback=_check_version, help="Render for this nginx (overrides proxy.nginx_version).")
+@click.option(
+    "--openssl-version",
+    callback=_check_version,
+    help="Render for nginx built with this OpenSSL (overrides proxy.openssl_version).",
+)
+@click.option(
+    "--acme-only",
+    is_flag=True,
+    help="Only port 80 (ACME webroot and redirects): to obtain the first certificates before any exist.",
+)
+def render_nginx(
+    rules_path: Path,
+    out: Path | None,
+    nginx_version: str | None,
+    openssl_version: str | None,
+    acme_only: bool,
+) -> None:
+    """Render nginx.conf from the proxy: section of the rules file."""
+    config = load_proxy_config(rules_path)
+    try:
+        config = config.with_versions(nginx=nginx_version, openssl=openssl_version)
+    except ValidationError as e:
+        # with_versions re-validates; a version below the template's minimum lands here.
+        messages = (str(err["msg"]).removeprefix("Value error, ") for err in e.errors())
+        raise UserError("; ".join(messages)) from None
+    text = render_nginx_conf(config, acme_only=acme_only)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        write_atomically(out, text)
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror}") from None
+    log.info("wrote %s", out)

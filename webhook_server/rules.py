@@ -1,0 +1,346 @@
+"""deploy_rules.yaml: which pushes deploy which Swarm services, and how.
+
+The file is parsed once into frozen models; ``load_rules`` turns every problem into a located line
+("line 12: services.api.policy: ...") and raises :class:`RulesError` with all of them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from webhook_server.durations import Duration
+from webhook_server.errors import RulesError
+from webhook_server.proxy.config import ProxyConfig
+from webhook_server.versions import Policy, VersionRange, parse_tag_version
+
+# Docker's reference grammar, without tag or digest; an optional registry host[:port] in front.
+_NAME_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_NAME = re.compile(rf"^(?:[a-zA-Z0-9.-]+(?::\d+)?/)?{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*$")
+DOCKER_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+_log = logging.getLogger(__name__)
+
+
+class TagFilter(BaseModel):
+    """Which tags deploy: ``latest`` (exact), ``glob:release-*``, ``regex:^v\\d+$``, ``semver[:RANGE]``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    kind: Literal["exact", "glob", "regex", "semver"]
+    pattern: str = ""
+    range: VersionRange | None = None
+
+    @classmethod
+    def parse(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        kind, sep, rest = value.partition(":")
+        if not sep and value == "semver":
+            return {"kind": "semver"}
+        if kind == "semver":
+            return {"kind": "semver", "pattern": rest, "range": VersionRange.parse(rest)}
+        if kind == "glob" and sep:
+            return {"kind": "glob", "pattern": rest}
+        if kind == "regex" and sep:
+            try:
+                re.compile(rest)
+            except re.error as e:
+                raise ValueError(f"invalid regular expression {rest!r}: {e}") from None
+            return {"kind": "regex", "pattern": rest}
+        if not DOCKER_TAG.match(value):
+            raise ValueError(
+                f"{value!r} is neither a Docker tag nor a filter (glob:PATTERN, regex:PATTERN, semver[:RANGE])"
+            )
+        return {"kind": "exact", "pattern": value}
+
+    def refusal(self, tag: str) -> str | None:
+        """Why this filter does not accept ``tag``, or None when it does."""
+        if self.kind == "exact":
+            return None if tag == self.pattern else f"tag {tag!r} is not {self.pattern!r}"
+        if self.kind == "glob":
+            ok = fnmatch.fnmatchcase(tag, self.pattern)
+            return None if ok else f"tag {tag!r} does not match glob {self.pattern!r}"
+        if self.kind == "regex":
+            ok = re.fullmatch(self.pattern, tag) is not None
+            return None if ok else f"tag {tag!r} does not match regex {self.pattern!r}"
+        version = parse_tag_version(tag)
+        if version is None:
+            return f"tag {tag!r} is not a semantic version"
+        if self.range is not None and not self.range.contains(version):
+            return f"version {version} is outside {self.range.text!r}"
+        return None
+
+    def __str__(self) -> str:
+        if self.kind == "exact":
+            return self.pattern
+        return f"{self.kind}:{self.pattern}" if self.pattern else self.kind
+
+
+TagFilterField = Annotated[TagFilter, BeforeValidator(TagFilter.parse)]
+
+
+def _matching(pattern: re.Pattern[str], what: str) -> BeforeValidator:
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and not pattern.match(value):
+            raise ValueError(f"{value!r} is not a valid {what}")
+        return value
+
+    return BeforeValidator(check)
+
+
+ImageName = Annotated[str, _matching(IMAGE_NAME, "image name (lowercase, no tag or digest)")]
+
+
+class UpdateSettings(BaseModel):
+    """Swarm's UpdateConfig for a rollout. ``failure_action: rollback`` makes Swarm health-gate it."""
+
+    model_config = _FROZEN
+
+    parallelism: int = Field(default=1, ge=0)
+    delay: Duration = timedelta(seconds=5)
+    order: Literal["start-first", "stop-first"] = "start-first"
+    failure_action: Literal["rollback", "pause", "continue"] = "rollback"
+    monitor: Duration = timedelta(seconds=15)
+    max_failure_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class UpdateOverrides(BaseModel):
+    model_config = _FROZEN
+
+    parallelism: int | None = Field(default=None, ge=0)
+    delay: Duration | None = None
+    order: Literal["start-first", "stop-first"] | None = None
+    failure_action: Literal["rollback", "pause", "continue"] | None = None
+    monitor: Duration | None = None
+    max_failure_ratio: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class Defaults(BaseModel):
+    model_config = _FROZEN
+
+    update: UpdateSettings = UpdateSettings()
+    timeout: Duration = timedelta(minutes=5)
+
+
+class ServiceEntry(BaseModel):
+    """One entry under ``services:`` as written in the file."""
+
+    model_config = _FROZEN
+
+    repository: ImageName
+    image: ImageName | None = None
+    tags: TagFilterField
+    policy: Policy | None = None
+    update: UpdateOverrides = UpdateOverrides()
+    timeout: Duration | None = None
+
+    @model_validator(mode="after")
+    def _policy_needs_semver(self) -> ServiceEntry:
+        if self.policy is not None and self.tags.kind != "semver":
+            raise ValueError("policy applies to semver tag filters only (tags: semver or semver:RANGE)")
+        return self
+
+
+class RulesFile(BaseModel):
+    model_config = _FROZEN
+
+    defaults: Defaults = Defaults()
+    services: dict[str, ServiceEntry]
+    # nginx in front of the receiver and the services (``webhook-server render-nginx``); optional.
+    proxy: ProxyConfig | None = None
+
+    @model_validator(mode="after")
+    def _service_names(self) -> RulesFile:
+        bad = [name for name in self.services if not SERVICE_NAME.match(name)]
+        if bad:
+            raise ValueError(f"invalid Swarm service name(s): {', '.join(map(repr, bad))}")
+        return self
+
+
+class Rule(BaseModel):
+    """A service's rule with defaults applied: what travels after loading."""
+
+    model_config = _FROZEN
+
+    service: str
+    repository: str
+    image: str
+    tags: TagFilter
+    policy: Policy | None
+    update: UpdateSettings
+    timeout: timedelta
+
+    @property
+    def is_semver(self) -> bool:
+        return self.tags.kind == "semver"
+
+    @property
+    def effective_policy(self) -> Policy:
+        # Without an explicit policy a semver rule takes any newer release, never a pre-release.
+        return self.policy or "major"
+
+
+class RuleSet(BaseModel):
+    model_config = _FROZEN
+
+    rules: dict[str, Rule]
+    proxy: ProxyConfig | None = None
+
+    @classmethod
+    def from_file(cls, parsed: RulesFile) -> RuleSet:
+        defaults = parsed.defaults
+        rules = {}
+        for name, entry in parsed.services.items():
+            overrides = entry.update.model_dump(exclude_none=True)
+            rules[name] = Rule(
+                service=name,
+                repository=entry.repository,
+                image=entry.image or entry.repository,
+                tags=entry.tags,
+                policy=entry.policy,
+                update=defaults.update.model_copy(update=overrides),
+                timeout=entry.timeout or defaults.timeout,
+            )
+        return cls(rules=rules, proxy=parsed.proxy)
+
+    def for_repository(self, repository: str) -> list[Rule]:
+        wanted = repository.lower()
+        return [r for r in self.rules.values() if r.repository == wanted]
+
+    def get(self, service: str) -> Rule | None:
+        return self.rules.get(service)
+
+
+def load_rules(path: Path | str) -> RuleSet:
+    """Read and validate a rules file; raise RulesError listing every located problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise RulesError(str(path), [f"cannot read: {e.strerror}"]) from None
+    return parse_rules(text, source=str(path))
+
+
+def parse_rules(text: str, *, source: str = "<rules>") -> RuleSet:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise RulesError(source, [f"{where}not valid YAML: {getattr(e, 'problem', None) or e}"]) from None
+    problems = list(_duplicate_keys(root))
+    if not isinstance(data, dict):
+        problems.append("the file must be a mapping with a 'services:' section")
+        raise RulesError(source, problems)
+    try:
+        parsed = RulesFile.model_validate(data)
+    except ValidationError as e:
+        for err in e.errors():
+            loc = _model_loc(err["loc"])
+            line = _line_of(root, loc)
+            where = f"line {line}: " if line else ""
+            path = ".".join(str(p) for p in loc) or "(top level)"
+            problems.append(f"{where}{path}: {_message(err)}")
+    if problems:
+        raise RulesError(source, problems)
+    return RuleSet.from_file(parsed)
+
+
+def _message(err: Any) -> str:
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    return msg
+
+
+def _model_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    # pydantic adds validator names (e.g. "function-before[...]") to locations; they are not file keys.
+    return tuple(p for p in loc if not (isinstance(p, str) and "[" in p and "]" in p))
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the deepest YAML node that ``loc`` reaches."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == str(key):
+                    node, line = v, k.start_mark.line + 1
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _duplicate_keys(node: yaml.Node | None, path: str = "") -> Iterator[str]:
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for k, v in node.value:
+            key = str(k.value)
+            where = f"{path}.{key}" if path else key
+            if key in seen:
+                yield f"line {k.start_mark.line + 1}: {where}: duplicate key"
+            seen.add(key)
+            yield from _duplicate_keys(v, where)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from _duplicate_keys(item, f"{path}[{i}]")
+
+
+class RulesSource:
+    """The rules file as the server sees it: reloaded when it changes, the last good version kept.
+
+    An edit that breaks the file never stops deployments already possible; ``error`` says what is wrong
+    (and /readyz reports it) until the file is fixed.
+    """
+
+    def __init__(self, path: Path | str, *, initial: RuleSet | None = None) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._mtime: float | None = None
+        self._rules: RuleSet | None = initial
+        self.error: str | None = None
+        if initial is None:
+            self._rules = load_rules(self.path)
+            self._mtime = self._stat()
+
+    def _stat(self) -> float | None:
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return None
+
+    def current(self) -> RuleSet:
+        with self._lock:
+            mtime = self._stat()
+            if self._mtime is not None and mtime != self._mtime:
+                self._mtime = mtime
+                try:
+                    self._rules = load_rules(self.path)
+                    self.error = None
+                    _log.info("reloaded %s", self.path)
+                except RulesError as e:
+                    self.error = e.message
+                    _log.error("keeping the previous rules: %s", e.message)
+            assert self._rules is not None
+            return self._rules

@@ -1,0 +1,76 @@
+"""Semantic versions in image tags, version ranges, and update policies. Pure functions."""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import semver
+
+Policy = Literal["all", "major", "minor", "patch"]
+
+_OPS: dict[str, Callable[[semver.Version, semver.Version], bool]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    ">": operator.gt,
+    "<": operator.lt,
+    "==": operator.eq,
+    "=": operator.eq,
+    "!=": operator.ne,
+}
+_COMPARATOR = re.compile(r"^(>=|<=|>|<|==|=|!=)?\s*v?(\d+(?:\.\d+){0,2}(?:-[0-9A-Za-z.-]+)?)$")
+
+
+def parse_tag_version(tag: str) -> semver.Version | None:
+    """The semantic version a tag names ("1.2.3", "v1.2.3", "1.2.3-rc.1"), or None if it names none."""
+    text = tag[1:] if tag[:1] in ("v", "V") else tag
+    try:
+        return semver.Version.parse(text)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class VersionRange:
+    """Comma-separated comparators, all of which must hold: ">=1.2,<2". Partial versions mean .0."""
+
+    text: str
+    comparators: tuple[tuple[str, semver.Version], ...]
+
+    @classmethod
+    def parse(cls, text: str) -> VersionRange:
+        comparators = []
+        for part in (p.strip() for p in text.split(",")):
+            match = _COMPARATOR.match(part)
+            if not match:
+                raise ValueError(f"{part!r} is not a version comparator: use forms like >=1.2, <2, ==1.4.0, !=1.3.1")
+            op, version = match.group(1) or "==", match.group(2)
+            comparators.append((op, semver.Version.parse(version, optional_minor_and_patch=True)))
+        return cls(text=text, comparators=tuple(comparators))
+
+    def contains(self, version: semver.Version) -> bool:
+        return all(_OPS[op](version, bound) for op, bound in self.comparators)
+
+
+def policy_refusal(policy: Policy, candidate: semver.Version, running: semver.Version | None) -> str | None:
+    """Why ``policy`` forbids moving from ``running`` to ``candidate``, or None if it allows it.
+
+    Policies, relative to what runs now: ``all`` any newer version including pre-releases; ``major`` any
+    newer release; ``minor`` newer releases within the running major; ``patch`` within the running
+    major.minor. No policy ever goes to a lower version. Without a running semver, only the pre-release
+    rule applies.
+    """
+    if candidate.prerelease and policy != "all":
+        return f"{candidate} is a pre-release; policy {policy!r} deploys releases only"
+    if running is None:
+        return None
+    if candidate < running:
+        return f"{candidate} is older than the running {running}; semver rules never downgrade"
+    if policy == "minor" and candidate.major != running.major:
+        return f"{candidate} changes the major version of the running {running}; policy 'minor' forbids it"
+    if policy == "patch" and (candidate.major, candidate.minor) != (running.major, running.minor):
+        return f"{candidate} changes more than the patch of the running {running}; policy 'patch' forbids it"
+    return None
