@@ -35,6 +35,9 @@ class _Application(BaseApplication):  # type: ignore[misc]
     def load_config(self) -> None:
         for key, value in self._options.items():
             self.cfg.set(key, value)
+        if "control_socket_disable" in self.cfg.settings:
+            # gunicorn >= 25 opens a control socket under ~/.gunicorn, one path shared by every instance.
+            self.cfg.set("control_socket_disable", True)
 
     def load(self) -> Any:
         return create_app(self._settings, run_executor=True)
@@ -52,7 +55,8 @@ def run_gunicorn(settings: Settings, *, bind: str, workers: int, threads: int) -
         "logger_class": RedactingLogger,
         "graceful_timeout": 10,
         "timeout": 60,
-        "loglevel": settings.log_level.lower(),
+        # gunicorn's debug level dumps its whole config; our own modules follow WEBHOOK_LOG_LEVEL.
+        "loglevel": "info" if settings.log_level.upper() == "DEBUG" else settings.log_level.lower(),
     }
     logging.getLogger(__name__).info("serving on %s with %d worker(s)", bind, workers)
     _Application(settings, options).run()

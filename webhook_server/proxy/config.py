@@ -56,9 +56,12 @@ def parse_version(value: Any) -> Version:
     if isinstance(value, tuple | list) and all(isinstance(p, int) and not isinstance(p, bool) for p in value):
         parts = [*value, 0, 0, 0][:3]
         return (parts[0], parts[1], parts[2])
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        value = str(value)  # YAML reads 1.22 as a float
-    if not isinstance(value, str) or not (match := VERSION.match(value.strip())):
+    if isinstance(value, float):
+        # YAML reads 1.20 as the number 1.2: the version the user meant is already lost.
+        raise ValueError(f"write the version as a quoted string (YAML reads {value!r} as a number)")
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not (match := VERSION.fullmatch(value.strip())):
         raise ValueError(f"{value!r} is not a version: use forms like 1.22 or 3.0.13")
     major, minor, patch = (int(p) if p else 0 for p in match.groups())
     return (major, minor, patch)
@@ -76,7 +79,7 @@ def _matching(pattern: re.Pattern[str], what: str, *, lower: bool = False) -> Be
         if isinstance(value, str):
             if lower:
                 value = value.lower()
-            if not pattern.match(value):
+            if not pattern.fullmatch(value):
                 raise ValueError(f"{value!r} is not a valid {what}")
         return value
 

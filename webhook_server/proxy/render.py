@@ -51,7 +51,7 @@ def _finalize(value: Any) -> str:
         # A macro's output (marked ``| safe`` in the template): each value inside it passed through here.
         return str(value)
     text = str(value)
-    if value is None or not _SAFE_VALUE.match(text):
+    if value is None or not _SAFE_VALUE.fullmatch(text):
         raise UnsafeValue(f"refusing to write {text!r} into nginx.conf")
     return text
 

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.server import Server, server_env, start_server
+
+ServerFactory = Callable[..., Server]
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
+    """Start ``webhook-server serve`` with the given rules text; every server is stopped after the test."""
+    started: list[Server] = []
+
+    def make(rules: str, *, docker_host: str | None, workers: int = 2, env: dict[str, str] | None = None) -> Server:
+        root = tmp_path / f"server{len(started)}"
+        root.mkdir()
+        rules_path = root / "deploy_rules.yaml"
+        rules_path.write_text(rules)
+        server = start_server(root, env=server_env(root, docker_host=docker_host, rules=rules_path, extra=env),
+                              workers=workers)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
