@@ -233,6 +233,7 @@ class Reply:
     headers: dict[str, str]
     body: bytes
     peer_cert: bytes | None = None
+    tls_version: str | None = None
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -250,6 +251,7 @@ def request(
     sni: str | None = None,
     cafile: Path | None = None,
     source: str = "127.0.0.1",
+    tls_version: ssl.TLSVersion | None = None,
     timeout: float = 10,
 ) -> Reply:
     """One request to 127.0.0.1:``port``. TLS verifies the served cert against ``cafile`` for ``sni``.
@@ -257,19 +259,22 @@ def request(
     ``source`` picks the client's loopback address, so tests can tell the client's address from nginx's.
     """
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
-    peer_cert = None
+    peer_cert = version = None
     try:
         if tls:
             ctx = ssl.create_default_context(cafile=str(cafile) if cafile else None)
             if cafile is None:
                 ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            if tls_version is not None:
+                ctx.minimum_version = ctx.maximum_version = tls_version
             sock = ctx.wrap_socket(sock, server_hostname=sni or host)
-            peer_cert = sock.getpeercert(binary_form=True)
+            peer_cert, version = sock.getpeercert(binary_form=True), sock.version()
         conn = http.client.HTTPConnection(host, port, timeout=timeout)
         conn.sock = sock
         conn.request(method, path, body=body, headers={"Host": host, **(headers or {})})
         resp = conn.getresponse()
-        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read(), peer_cert)
+        headers = {k.lower(): v for k, v in resp.getheaders()}
+        return Reply(resp.status, headers, resp.read(), peer_cert, version)
     finally:
         sock.close()
 

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +84,11 @@ class Server:
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "webhook_server", *args],
-            env=self.env, capture_output=True, text=True, timeout=180, check=check,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=check,
         )
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -101,9 +104,9 @@ class Server:
         self.session.close()
 
 
-def server_env(root: Path, *, docker_host: str | None, rules: Path, extra: dict[str, str] | None = None) -> dict[
-    str, str
-]:
+def server_env(
+    root: Path, *, docker_host: str | None, rules: Path, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WEBHOOK_", "DOCKER_"))}
     env.update(
         WEBHOOK_TOKEN=WEBHOOK_TOKEN,
@@ -123,7 +126,11 @@ def start_server(root: Path, *, env: dict[str, str], workers: int = 2) -> Server
     log = (root / "server.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "webhook_server", "serve", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     server = Server(proc=proc, url=f"http://127.0.0.1:{port}", root=root, env=env)
 

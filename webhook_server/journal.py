@@ -255,6 +255,12 @@ class Journal:
     def running(self) -> list[Deployment]:
         return self.find(state="running", limit=1_000_000)
 
+    def pushes(self, *, limit: int = 50) -> list[dict[str, object]]:
+        """Recent pushes as received, accepted or ignored, newest first."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT * FROM pushes ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [dict(r) for r in rows]
+
     def count_pushes(self) -> int:
         with self._connect() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM pushes").fetchone()[0])

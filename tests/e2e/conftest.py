@@ -20,8 +20,9 @@ def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
         root.mkdir()
         rules_path = root / "deploy_rules.yaml"
         rules_path.write_text(rules)
-        server = start_server(root, env=server_env(root, docker_host=docker_host, rules=rules_path, extra=env),
-                              workers=workers)
+        server = start_server(
+            root, env=server_env(root, docker_host=docker_host, rules=rules_path, extra=env), workers=workers
+        )
         started.append(server)
         return server
 

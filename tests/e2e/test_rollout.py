@@ -21,7 +21,7 @@ FAST = "{parallelism: 1, delay: 0s, order: start-first, failure_action: rollback
 
 def rules_for(bed: SwarmBed, repo: str, *services: str, tags: str = "semver", policy: str = "major") -> str:
     body = "".join(
-        f"  {s}:\n    repository: {repo}\n    image: {bed.registry}/{repo}\n    tags: \"{tags}\"\n"
+        f'  {s}:\n    repository: {repo}\n    image: {bed.registry}/{repo}\n    tags: "{tags}"\n'
         + (f"    policy: {policy}\n" if tags.startswith("semver") else "")
         for s in services
     )
@@ -162,8 +162,12 @@ def test_wrong_token_is_an_unknown_url_and_tokens_never_reach_the_log(
 
     wrong = server.hook(payload, token="not-the-token-at-all")
     unknown = requests.post(f"{server.url}/no/such/url", json=payload, timeout=5)
-    malformed = requests.post(f"{server.url}/hooks/dockerhub/{WEBHOOK_TOKEN}", data=b"{not json", timeout=5,
-                              headers={"Content-Type": "application/json"})
+    malformed = requests.post(
+        f"{server.url}/hooks/dockerhub/{WEBHOOK_TOKEN}",
+        data=b"{not json",
+        timeout=5,
+        headers={"Content-Type": "application/json"},
+    )
     missing = server.hook({"push_data": {}, "repository": {"repo_name": repo}})
     good = server.hook(payload)
     server.wait_done(good.json()["deployments"][0]["id"])
