@@ -7,6 +7,7 @@ Everything lives under one temp dir and is stopped by pid. Nothing is pulled fro
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import requests
 from docker.types import Healthcheck, ServiceMode, UpdateConfig
 
 BUSYBOX = Path("/bin/busybox")
@@ -224,6 +226,63 @@ class SwarmBed:
         for name in list(self.services):
             self.remove_service(name)
 
+    # ---- daemon outages -----------------------------------------------------------------------
+    def stop_daemon(self) -> None:
+        """Stop dockerd (as an outage would); the swarm state stays in its data-root."""
+        with contextlib.suppress(Exception):
+            self.client.close()
+        stop_process(self.dockerd, timeout=30)
+
+    def start_daemon(self) -> None:
+        """Start dockerd again on the same dirs and socket; the single-node swarm comes back by itself."""
+        self.dockerd = _launch_dockerd(self.root)
+        self.client = _connect(self.root, self.dockerd, timeout=BOOT_TIMEOUT)
+        wait_for(
+            lambda: self.client.info()["Swarm"]["LocalNodeState"] == "active",
+            timeout=60,
+            what="the swarm to be active again",
+        )
+
+    # ---- many tags fast -----------------------------------------------------------------------
+    def publish_tags(self, ref: str, tags: Sequence[str]) -> dict[str, str]:
+        """Publish ``tags`` of ref's repository, each a distinct image (its config names the tag), through
+        the registry's HTTP API: the layer is shared, so each tag costs one small blob and one manifest.
+        Returns tag -> manifest digest."""
+        name = ref.removeprefix(self.registry + "/").rpartition(":")[0]
+        base = f"http://{self.registry}/v2/{name}"
+        manifest_type = "application/vnd.docker.distribution.manifest.v2+json"
+        session = requests.Session()
+        manifest = session.get(
+            f"{base}/manifests/{ref.rpartition(':')[2]}", headers={"Accept": manifest_type}, timeout=10
+        )
+        manifest.raise_for_status()
+        template = manifest.json()
+        config = session.get(f"{base}/blobs/{template['config']['digest']}", timeout=10).json()
+        digests = {}
+        for tag in tags:
+            config["config"]["Env"] = [e for e in config["config"].get("Env") or [] if not e.startswith("IMAGE_TAG=")]
+            config["config"]["Env"].append(f"IMAGE_TAG={tag}")
+            blob = json.dumps(config).encode()
+            blob_digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+            upload = session.post(f"{base}/blobs/uploads/", timeout=10)
+            upload.raise_for_status()
+            location = upload.headers["Location"]
+            location = location if location.startswith("http") else f"http://{self.registry}{location}"
+            sep = "&" if "?" in location else "?"
+            session.put(
+                f"{location}{sep}digest={blob_digest}",
+                data=blob,
+                timeout=10,
+                headers={"Content-Type": "application/octet-stream"},
+            ).raise_for_status()
+            body = dict(template, config=dict(template["config"], digest=blob_digest, size=len(blob)))
+            data = json.dumps(body).encode()
+            put = session.put(f"{base}/manifests/{tag}", data=data, headers={"Content-Type": manifest_type}, timeout=10)
+            put.raise_for_status()
+            digests[tag] = put.headers["Docker-Content-Digest"]
+        session.close()
+        return digests
+
     # ---- teardown -----------------------------------------------------------------------------
     def stop(self) -> list[str]:
         """Stop everything by pid and remove the temp dir; return what survived (empty when clean)."""
@@ -263,37 +322,9 @@ def start_bed(*, boot_timeout: float = BOOT_TIMEOUT) -> SwarmBed:
         sock = root / "docker.sock"
         for sub in ("data", "exec", "registry"):
             (root / sub).mkdir()
-        log = (root / "dockerd.log").open("wb")
-        dockerd = subprocess.Popen(
-            [
-                "dockerd",
-                "--storage-driver=vfs",
-                f"--data-root={root / 'data'}",
-                f"--exec-root={root / 'exec'}",
-                f"--pidfile={root / 'docker.pid'}",
-                f"--host=unix://{sock}",
-                "--iptables=false",
-                "--ip-masq=false",
-                "--userland-proxy=false",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        dockerd = _launch_dockerd(root)
         started.append(dockerd)
-
-        def connected() -> docker.DockerClient | None:
-            if dockerd.poll() is not None:
-                raise BedUnavailable(
-                    f"dockerd exited with {dockerd.returncode}: {_tail(root / 'dockerd.log')}"
-                )
-            try:
-                # version="auto" asks the daemon at once, so this doubles as the readiness probe.
-                return docker.DockerClient(base_url=f"unix://{sock}", version="auto", timeout=60)
-            except docker.errors.DockerException:
-                return None
-
-        client = wait_for(connected, timeout=boot_timeout, what="dockerd to answer")
+        client = _connect(root, dockerd, timeout=boot_timeout)
         client.swarm.init(advertise_addr="127.0.0.1", listen_addr=f"127.0.0.1:{free_port()}")
 
         port = free_port()
@@ -338,6 +369,40 @@ def start_bed(*, boot_timeout: float = BOOT_TIMEOUT) -> SwarmBed:
         if isinstance(e, BedUnavailable | TimeoutError):
             raise BedUnavailable(str(e)) from e
         raise
+
+
+def _launch_dockerd(root: Path) -> subprocess.Popen[bytes]:
+    log = (root / "dockerd.log").open("ab")
+    return subprocess.Popen(
+        [
+            "dockerd",
+            "--storage-driver=vfs",
+            f"--data-root={root / 'data'}",
+            f"--exec-root={root / 'exec'}",
+            f"--pidfile={root / 'docker.pid'}",
+            f"--host=unix://{root / 'docker.sock'}",
+            "--iptables=false",
+            "--ip-masq=false",
+            "--userland-proxy=false",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _connect(root: Path, dockerd: subprocess.Popen[bytes], *, timeout: float) -> docker.DockerClient:
+    def connected() -> docker.DockerClient | None:
+        if dockerd.poll() is not None:
+            raise BedUnavailable(f"dockerd exited with {dockerd.returncode}: {_tail(root / 'dockerd.log')}")
+        try:
+            # version="auto" asks the daemon at once, so this doubles as the readiness probe.
+            return docker.DockerClient(base_url=f"unix://{root / 'docker.sock'}", version="auto", timeout=60)
+        except docker.errors.DockerException:
+            return None
+
+    client: docker.DockerClient = wait_for(connected, timeout=timeout, what="dockerd to answer")
+    return client
 
 
 def _tail(path: Path, lines: int = 5) -> str:

@@ -78,7 +78,7 @@ def create_app(
         swarm = SwarmServices()
     rules = rules or RulesSource(settings.rules_path)
     journal = journal or Journal(settings.db_path)
-    executor = Executor(journal=journal, swarm=swarm, rules=rules.current, retry_limit=settings.docker_retry_limit)
+    executor = Executor.from_settings(settings, journal=journal, swarm=swarm, rules=rules)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

@@ -18,6 +18,7 @@ from webhook_server.errors import ConfigError, WebhookError
 from webhook_server.executor import Executor, ExecutorLock, lock_path
 from webhook_server.journal import Deployment, Journal, PushRecord
 from webhook_server.matching import plan_manual, policy_refusal_for
+from webhook_server.rollback import plan_rollback
 from webhook_server.rules import RulesSource, load_rules
 from webhook_server.settings import Settings, load_settings
 
@@ -122,9 +123,7 @@ def _run_or_wait(
     lock = ExecutorLock(lock_path(journal))
     if lock.try_acquire():
         try:
-            executor = Executor(
-                journal=journal, swarm=swarm, rules=rules.current, retry_limit=settings.docker_retry_limit
-            )
+            executor = Executor.from_settings(settings, journal=journal, swarm=swarm, rules=rules)
             while not journal.get(dep.id).done:
                 executor.drain(dep.service)
                 time.sleep(0.5)
@@ -140,6 +139,35 @@ def _report(dep: Deployment) -> None:
     click.echo(f"deployment {dep.id}: {dep.state}" + (f": {dep.message}" if dep.message else ""))
     if dep.state in ("failed", "rolled_back"):
         sys.exit(1)
+
+
+# ---- rollback --------------------------------------------------------------------------------
+@main.command()
+@click.argument("service")
+@click.option(
+    "--to",
+    "to",
+    type=click.IntRange(min=1),
+    help="Return to this deployment id (default: the last succeeded deployment whose digest is not running now).",
+)
+@click.option("--wait", is_flag=True, help="Wait for the outcome.")
+def rollback(service: str, to: int | None, wait: bool) -> None:
+    """Roll SERVICE back to an earlier succeeded deployment from the journal."""
+    settings = _settings()
+    rules = RulesSource(settings.rules_path)
+    from webhook_server.swarm import SwarmServices
+
+    swarm = SwarmServices()
+    journal = Journal(settings.db_path)
+    running = swarm.inspect(service)
+    plan, target = plan_rollback(
+        journal=journal, rules=rules.current(), service=service, running_image=running.image, to=to
+    )
+    [dep] = journal.accept(
+        PushRecord(trigger="rollback", repository=plan.repository, tag=plan.tag), [plan], pinned_ref=target.image_ref
+    )
+    click.echo(f"deployment {dep.id}: {service} ← {target.image_ref} (as deployed by {target.id}) queued")
+    _report(_run_or_wait(journal, dep, swarm=swarm, rules=rules, settings=settings, wait=wait))
 
 
 # ---- history ---------------------------------------------------------------------------------

@@ -27,13 +27,13 @@ from webhook_server.errors import (
 )
 from webhook_server.journal import Deployment, Journal
 from webhook_server.matching import Candidate, pick_best, policy_refusal_for
-from webhook_server.rules import Rule, RuleSet, UpdateSettings
+from webhook_server.rules import Rule, RuleSet, RulesSource, UpdateSettings
+from webhook_server.settings import Settings
 from webhook_server.swarm import ServiceState
 
 log = logging.getLogger(__name__)
 
 MAX_OUT_OF_SEQUENCE = 5
-MAX_BACKOFF = timedelta(seconds=30)
 
 
 class Swarm(Protocol):
@@ -71,10 +71,6 @@ def classify(state: ServiceState, *, marker: str | None, target: str) -> Outcome
     return "updating"
 
 
-def _backoff(attempts: int) -> timedelta:
-    return min(timedelta(seconds=2**attempts), MAX_BACKOFF)
-
-
 def _age(deployment: Deployment) -> timedelta:
     return datetime.now(UTC) - datetime.fromisoformat(deployment.created_at)
 
@@ -87,6 +83,7 @@ class Executor:
         swarm: Swarm,
         rules: Callable[[], RuleSet],
         retry_limit: timedelta = timedelta(minutes=10),
+        max_backoff: timedelta = timedelta(seconds=30),
         poll_interval: float = 0.5,
         watch_interval: float = 0.5,
     ) -> None:
@@ -94,12 +91,23 @@ class Executor:
         self._swarm = swarm
         self._rules = rules
         self._retry_limit = retry_limit
+        self._max_backoff = max_backoff
         self._poll_interval = poll_interval
         self._watch_interval = watch_interval
         self._wake = threading.Event()
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, journal: Journal, swarm: Swarm, rules: RulesSource) -> Executor:
+        return cls(
+            journal=journal,
+            swarm=swarm,
+            rules=rules.current,
+            retry_limit=settings.docker_retry_limit,
+            max_backoff=settings.docker_retry_max_delay,
+        )
 
     # ---- scheduling ------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -291,7 +299,7 @@ class Executor:
         if _age(dep) > self._retry_limit:
             self._finish(dep, "failed", f"gave up after {self._retry_limit}: {error.message}")
             return
-        delay = _backoff(dep.attempts)
+        delay = min(timedelta(seconds=2**dep.attempts), self._max_backoff)
         self._journal.requeue(dep.id, delay=delay, reason=f"{error.message}; retrying in {delay.total_seconds():g}s")
 
     def _finish(

@@ -20,6 +20,7 @@ from webhook_server.errors import BadRequest, DockerError, Unauthorized, Webhook
 from webhook_server.journal import Deployment, PushRecord
 from webhook_server.logs import redact
 from webhook_server.matching import Ignored, plan_manual, plan_push
+from webhook_server.rollback import plan_rollback
 from webhook_server.rules import DOCKER_TAG, SERVICE_NAME
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,40 @@ def create_deployment() -> tuple[Response, int]:
         [dep] = _wait_for([dep.id], rule.timeout.total_seconds() + WAIT_MARGIN_SECONDS)
         return jsonify(_public(dep, transitions=True)), 200
     return jsonify(status="accepted", deployments=[_summary(dep)]), 202
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    to: int | None = Field(default=None, gt=0)
+
+
+@api.post("/services/<service>/rollback")
+def rollback_service(service: str) -> tuple[Response, int]:
+    ctx = services()
+    body = request.get_json(silent=True) if request.data else {}
+    wanted = _parse(RollbackRequest, body if body is not None else {})
+    running = ctx.swarm.inspect(service)
+    plan, target = plan_rollback(
+        journal=ctx.journal, rules=ctx.rules.current(), service=service, running_image=running.image, to=wanted.to
+    )
+    record = PushRecord(trigger="rollback", repository=plan.repository, tag=plan.tag, client=request.remote_addr)
+    [dep] = ctx.journal.accept(record, [plan], pinned_ref=target.image_ref)
+    ctx.executor.wake()
+    log.info(
+        "rollback %s of %s to deployment %s (%s) requested from %s",
+        dep.id,
+        service,
+        target.id,
+        target.image_ref,
+        request.remote_addr,
+    )
+    if _wait_flag():
+        rule = ctx.rules.current().get(service)
+        assert rule is not None
+        [dep] = _wait_for([dep.id], rule.timeout.total_seconds() + WAIT_MARGIN_SECONDS)
+        return jsonify(_public(dep, transitions=True)), 200
+    return jsonify(status="accepted", rollback_to=target.id, deployments=[_summary(dep)]), 202
 
 
 @api.get("/deployments")
