@@ -18,6 +18,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from docker.types import Healthcheck, ServiceMode, UpdateConfig
 BUSYBOX = Path("/bin/busybox")
 APPLETS = ("sh", "sleep", "true", "false", "cat", "echo", "httpd", "wget", "ls", "kill", "env")
 BOOT_TIMEOUT = 60.0
-REQUIRED_BINARIES = ("dockerd", "docker-registry")
+REQUIRED_BINARIES = ("dockerd", "docker-registry", "htpasswd")
 
 # Image behaviours. Each shell traps TERM so a task stops at once instead of waiting out the grace period.
 LONG_RUNNING = ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"]
@@ -56,7 +57,7 @@ def missing_prerequisites() -> str | None:
     if not BUSYBOX.exists():
         missing.append(str(BUSYBOX) + " (busybox-static)")
     if missing:
-        return "missing: " + ", ".join(missing) + " (install docker.io docker-registry busybox-static)"
+        return "missing: " + ", ".join(missing) + " (install docker.io docker-registry busybox-static apache2-utils)"
     return None
 
 
@@ -226,6 +227,39 @@ class SwarmBed:
         for name in list(self.services):
             self.remove_service(name)
 
+    # ---- a private registry ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def private_registry(self, user: str, password: str) -> Iterator[str]:
+        """A second registry that needs ``user``/``password`` (htpasswd, bcrypt); yields 127.0.0.1:PORT."""
+        root = Path(tempfile.mkdtemp(prefix="private-", dir=self.root))
+        subprocess.run(["htpasswd", "-Bbc", str(root / "htpasswd"), user, password], check=True, capture_output=True)
+        port = free_port()
+        config = root / "registry.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log: {level: warn}\n"
+            f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}}}\n"
+            f"http: {{addr: '127.0.0.1:{port}'}}\n"
+            f"auth: {{htpasswd: {{realm: bed, path: {root / 'htpasswd'}}}}}\n"
+        )
+        proc = _launch_registry(config, root / "registry.log")
+        try:
+            wait_for(lambda: _registry_answers(port), timeout=BOOT_TIMEOUT, what="the private registry")
+            yield f"127.0.0.1:{port}"
+        finally:
+            stop_process(proc)
+
+    def push_private(self, ref: str, user: str, password: str, *, changes: Sequence[str] = ()) -> str:
+        repository, _, tag = ref.rpartition(":")
+        self.client.api.import_image(src=str(self.rootfs), repository=repository, tag=tag, changes=list(changes))
+        auth = {"username": user, "password": password}
+        for line in self.client.images.push(repository, tag=tag, stream=True, decode=True, auth_config=auth):
+            if "error" in line:
+                raise RuntimeError(f"push {ref} failed: {line['error']}")
+        # Forget the image locally so that a deployment really has to pull it with credentials.
+        self.client.images.remove(ref, force=True)
+        return ref
+
     # ---- daemon outages -----------------------------------------------------------------------
     def stop_daemon(self) -> None:
         """Stop dockerd (as an outage would); the swarm state stays in its data-root."""
@@ -335,22 +369,9 @@ def start_bed(*, boot_timeout: float = BOOT_TIMEOUT) -> SwarmBed:
             f"storage: {{filesystem: {{rootdirectory: {root / 'registry'}}}, delete: {{enabled: true}}}}\n"
             f"http: {{addr: '127.0.0.1:{port}'}}\n"
         )
-        registry_proc = subprocess.Popen(
-            ["docker-registry", "serve", str(config)],
-            stdout=(root / "registry.log").open("wb"),
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        registry_proc = _launch_registry(config, root / "registry.log")
         started.append(registry_proc)
-
-        def registry_up() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                return False
-
-        wait_for(registry_up, timeout=boot_timeout, what="the registry to answer")
+        wait_for(lambda: _registry_answers(port), timeout=boot_timeout, what="the registry to answer")
         rootfs = busybox_rootfs_tar(root / "rootfs.tar")
         return SwarmBed(
             root=root,
@@ -403,6 +424,25 @@ def _connect(root: Path, dockerd: subprocess.Popen[bytes], *, timeout: float) ->
 
     client: docker.DockerClient = wait_for(connected, timeout=timeout, what="dockerd to answer")
     return client
+
+
+def _launch_registry(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["docker-registry", "serve", str(config)],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _registry_answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2) as r:
+            return bool(r.status == 200)
+    except urllib.error.HTTPError as e:
+        return e.code == 401  # up, and asking for credentials
+    except OSError:
+        return False
 
 
 def _tail(path: Path, lines: int = 5) -> str:

@@ -37,7 +37,10 @@ class PushData(BaseModel):
     @classmethod
     def _epoch(cls, value: Any) -> Any:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return datetime.fromtimestamp(value, tz=UTC)
+            try:
+                return datetime.fromtimestamp(value, tz=UTC)
+            except (OverflowError, OSError, ValueError):
+                raise ValueError("not a timestamp in range") from None
         return value
 
 

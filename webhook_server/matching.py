@@ -78,7 +78,7 @@ def running_version(rule: Rule, running_image: str | None) -> semver.Version | N
     if not running_image:
         return None
     ref = ImageRef.parse(running_image)
-    if ref.name != rule.image or ref.tag is None:
+    if ref.canonical_name != ImageRef(rule.image).canonical_name or ref.tag is None:
         return None
     return parse_tag_version(ref.tag)
 

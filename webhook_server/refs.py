@@ -22,6 +22,14 @@ class ImageRef:
             name, tag = name[:colon], name[colon + 1 :]
         return cls(name=name, tag=tag, digest=digest or None)
 
+    @property
+    def canonical_name(self) -> str:
+        """The name as Docker resolves it: ``acme/api`` and ``docker.io/acme/api`` are one repository."""
+        name = self.name
+        for prefix in ("docker.io/", "index.docker.io/", "registry-1.docker.io/"):
+            name = name.removeprefix(prefix)
+        return name.removeprefix("library/")
+
     def __str__(self) -> str:
         text = self.name
         if self.tag:

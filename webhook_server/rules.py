@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from webhook_server.durations import Duration
 from webhook_server.errors import RulesError
@@ -44,8 +44,10 @@ class TagFilter(BaseModel):
 
     @classmethod
     def parse(cls, value: Any) -> Any:
-        if not isinstance(value, str):
+        if isinstance(value, TagFilter):
             return value
+        if not isinstance(value, str):
+            raise ValueError('must be a string: a tag ("latest"), "glob:...", "regex:...", "semver" or "semver:RANGE"')
         kind, sep, rest = value.partition(":")
         if not sep and value == "semver":
             return {"kind": "semver"}
@@ -146,27 +148,25 @@ class ServiceEntry(BaseModel):
     update: UpdateOverrides = UpdateOverrides()
     timeout: Duration | None = None
 
-    @model_validator(mode="after")
-    def _policy_needs_semver(self) -> ServiceEntry:
-        if self.policy is not None and self.tags.kind != "semver":
+    @field_validator("policy")
+    @classmethod
+    def _policy_needs_semver(cls, value: Policy | None, info: ValidationInfo) -> Policy | None:
+        tags = info.data.get("tags")
+        if value is not None and isinstance(tags, TagFilter) and tags.kind != "semver":
             raise ValueError("policy applies to semver tag filters only (tags: semver or semver:RANGE)")
-        return self
+        return value
+
+
+ServiceName = Annotated[str, _matching(SERVICE_NAME, "Swarm service name")]
 
 
 class RulesFile(BaseModel):
     model_config = _FROZEN
 
     defaults: Defaults = Defaults()
-    services: dict[str, ServiceEntry]
+    services: dict[ServiceName, ServiceEntry]
     # nginx in front of the receiver and the services (``webhook-server render-nginx``); optional.
     proxy: ProxyConfig | None = None
-
-    @model_validator(mode="after")
-    def _service_names(self) -> RulesFile:
-        bad = [name for name in self.services if not SERVICE_NAME.match(name)]
-        if bad:
-            raise ValueError(f"invalid Swarm service name(s): {', '.join(map(repr, bad))}")
-        return self
 
 
 class Rule(BaseModel):
@@ -203,7 +203,7 @@ class RuleSet(BaseModel):
         defaults = parsed.defaults
         rules = {}
         for name, entry in parsed.services.items():
-            overrides = entry.update.model_dump(exclude_none=True)
+            overrides = {k: v for k, v in entry.update if v is not None}
             rules[name] = Rule(
                 service=name,
                 repository=entry.repository,
@@ -211,7 +211,7 @@ class RuleSet(BaseModel):
                 tags=entry.tags,
                 policy=entry.policy,
                 update=defaults.update.model_copy(update=overrides),
-                timeout=entry.timeout or defaults.timeout,
+                timeout=entry.timeout if entry.timeout is not None else defaults.timeout,
             )
         return cls(rules=rules, proxy=parsed.proxy)
 
@@ -320,9 +320,9 @@ class RulesSource:
         self._mtime: float | None = None
         self._rules: RuleSet | None = initial
         self.error: str | None = None
+        self._mtime = self._stat()
         if initial is None:
             self._rules = load_rules(self.path)
-            self._mtime = self._stat()
 
     def _stat(self) -> float | None:
         try:
@@ -333,7 +333,7 @@ class RulesSource:
     def current(self) -> RuleSet:
         with self._lock:
             mtime = self._stat()
-            if self._mtime is not None and mtime != self._mtime:
+            if mtime != self._mtime:
                 self._mtime = mtime
                 try:
                     self._rules = load_rules(self.path)

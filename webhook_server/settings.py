@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -26,7 +27,7 @@ class Settings(BaseModel):
     api_token: SecretStr | None = None
     rules_path: Path = Path("deploy_rules.yaml")
     db_path: Path = Path("state/webhook.sqlite3")
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # How long queued work keeps retrying while the Docker daemon is unreachable before it fails.
     docker_retry_limit: Duration = timedelta(minutes=10)
     # Retries back off exponentially from 1 s up to this delay.
@@ -41,6 +42,11 @@ class Settings(BaseModel):
         if value is not None and len(value.get_secret_value()) < MIN_TOKEN_LENGTH:
             raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters; use a long random string")
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -95,5 +101,5 @@ def load_settings(*, env: Mapping[str, str] | None = None, **overrides: object) 
         for err in e.errors():
             field = str(err["loc"][0]) if err["loc"] else "?"
             # Never echo the input: for tokens it is the secret itself.
-            problems.append(f"{_ENV.get(field, field)}: {err['msg']}")
+            problems.append(f"{_ENV.get(field, field)}: {err['msg'].removeprefix('Value error, ')}")
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None

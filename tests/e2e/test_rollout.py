@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.bed import LONG_RUNNING as LONG
 from tests.bed import SwarmBed, wait_for
 from tests.e2e.conftest import ServerFactory
 from tests.server import API_TOKEN, WEBHOOK_TOKEN, documented_payload
@@ -23,6 +24,8 @@ def rules_for(bed: SwarmBed, repo: str, *services: str, tags: str = "semver", po
     body = "".join(
         f'  {s}:\n    repository: {repo}\n    image: {bed.registry}/{repo}\n    tags: "{tags}"\n'
         + (f"    policy: {policy}\n" if tags.startswith("semver") else "")
+        # A per-service override too, so rollouts exercise the merge of defaults and overrides.
+        + "    update: {monitor: 2s, delay: 100ms}\n"
         for s in services
     )
     return f"defaults:\n  update: {FAST}\n  timeout: 90s\nservices:\n{body}"
@@ -219,3 +222,42 @@ def test_manual_deploy_via_api_and_cli(bed: SwarmBed, unique: str, make_server: 
     assert history.returncode == 0 and "succeeded" in history.stdout and "skipped" in history.stdout
     missing = server.cli("deploy", "nope", "1.0.0")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr and "nope" in missing.stderr
+
+
+def test_private_image_deploys_with_credentials_from_the_docker_config(
+    bed: SwarmBed, unique: str, make_server: ServerFactory, tmp_path: Path
+):
+    import base64
+    import json
+
+    user, password = "deployer", "correct-horse-battery"
+    with bed.private_registry(user, password) as registry:
+        image = f"{registry}/acme/{unique}"
+        old = bed.push_private(f"{image}:1.0.0", user, password, changes=[f"CMD {json.dumps(LONG)}"])
+        bed.push_private(f"{image}:1.1.0", user, password, changes=[f"CMD {json.dumps(LONG)}"])
+        bed.client.login(username=user, password=password, registry=registry)  # only to create the service
+        bed.create_service(unique, old, replicas=1)
+        config_dir = tmp_path / "docker-config"
+        config_dir.mkdir()
+        auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+        (config_dir / "config.json").write_text(json.dumps({"auths": {registry: {"auth": auth}}}))
+        rules = (
+            f"defaults:\n  update: {FAST}\n  timeout: 90s\nservices:\n"
+            f"  {unique}: {{repository: acme/{unique}, image: '{image}', tags: semver}}\n"
+        )
+        with_creds = make_server(rules, docker_host=bed.docker_host, env={"DOCKER_CONFIG": str(config_dir)})
+        without = make_server(rules, docker_host=bed.docker_host, env={"DOCKER_CONFIG": str(tmp_path / "none")})
+
+        refused = without.wait_done(
+            without.hook(documented_payload(f"acme/{unique}", "1.1.0")).json()["deployments"][0]["id"]
+        )
+        done = with_creds.wait_done(
+            with_creds.hook(documented_payload(f"acme/{unique}", "1.1.0")).json()["deployments"][0]["id"]
+        )
+
+        print("REFUSED:", refused["message"])
+        assert refused["state"] == "failed"
+        assert "no basic auth credentials" in refused["message"] or "unauthorized" in refused["message"].lower()
+        assert done["state"] == "succeeded", done
+        assert done["image_ref"].startswith(f"{image}:1.1.0@sha256:")
+        assert_all_tasks_run(bed, unique, done["image_ref"], replicas=1)

@@ -49,11 +49,11 @@ def test_check_rules_locates_every_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = result.stderr.splitlines()
-    # policy-with-a-non-semver-filter is a cross-field check: pydantic runs it once the fields are valid.
-    assert lines[0] == f"webhook-server: {broken}: 3 error(s)"
+    assert lines[0] == f"webhook-server: {broken}: 4 error(s)"
     assert any(line.strip().startswith("line 2: defaults.timeout: 'soon' is not a duration") for line in lines)
     assert any(line.strip().startswith("line 7: services.api.policy: Input should be") for line in lines)
     assert any(line.strip() == "line 12: services.web.replicas: unknown key" for line in lines)
+    assert any(line.strip().startswith("line 11: services.web.policy: policy applies to semver") for line in lines)
 
 
 def test_check_rules_on_a_missing_file(tmp_path: Path) -> None:
@@ -76,7 +76,7 @@ def test_serve_without_tokens_says_what_to_set(tmp_path: Path) -> None:
 def test_short_token_is_refused_without_echoing_it() -> None:
     result = run("serve", env={"WEBHOOK_TOKEN": "short-secret", "WEBHOOK_API_TOKEN": "x" * 20})
     assert result.returncode == 2
-    assert "WEBHOOK_TOKEN: Value error, must be at least 16 characters" in result.stderr
+    assert "WEBHOOK_TOKEN: must be at least 16 characters" in result.stderr
     assert "short-secret" not in result.stderr
 
 

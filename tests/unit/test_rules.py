@@ -1,0 +1,451 @@
+"""deploy_rules.yaml: the shipped file, defaults and overrides, tag filters, located errors, reloading."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from webhook_server.errors import RulesError
+from webhook_server.rules import RuleSet, RulesSource, TagFilter, UpdateSettings, load_rules, parse_rules
+
+SHIPPED = Path(__file__).resolve().parents[2] / "deploy_rules.yaml"
+FORMS = "use forms like 500ms, 5s, 2m, 1h or 1m30s"
+
+
+def rules_of(services: dict[str, Any], **top: Any) -> RuleSet:
+    return parse_rules(yaml.safe_dump({**top, "services": services}, sort_keys=False))
+
+
+def one_rule_tags(spec: str) -> TagFilter:
+    return rules_of({"svc": {"repository": "acme/api", "tags": spec}}).rules["svc"].tags
+
+
+def problems_of(text: str) -> list[str]:
+    with pytest.raises(RulesError) as exc:
+        parse_rules(textwrap.dedent(text), source="rules.yaml")
+    assert exc.value.path == "rules.yaml"
+    return exc.value.problems
+
+
+# ---- the shipped file -------------------------------------------------------------------------
+def test_shipped_file_loads() -> None:
+    rules = load_rules(SHIPPED)
+    assert list(rules.rules) == ["a3_api", "a3_worker", "a3_web"]
+    api, worker, web = rules.rules["a3_api"], rules.rules["a3_worker"], rules.rules["a3_web"]
+
+    assert (api.repository, api.image, str(api.tags), api.policy) == (
+        "acme/simple-api",
+        "acme/simple-api",
+        "semver",
+        "minor",
+    )
+    assert (api.update.parallelism, api.update.delay, api.update.order, api.update.failure_action) == (
+        1,
+        timedelta(seconds=5),
+        "start-first",
+        "rollback",
+    )
+    assert api.timeout == timedelta(minutes=5)
+
+    assert (worker.repository, worker.image, str(worker.tags), worker.policy) == (
+        "acme/simple-api",
+        "acme/simple-api",
+        "semver:>=1.2,<2",
+        "patch",
+    )
+    assert worker.update == UpdateSettings(monitor=timedelta(seconds=15))
+
+    assert (web.repository, web.image, str(web.tags), web.policy, web.effective_policy) == (
+        "acme/web",
+        "registry.example.com/acme/web",
+        "glob:release-*",
+        None,
+        "major",
+    )
+    assert web.timeout == timedelta(minutes=10)
+    assert rules.proxy is None
+
+
+def test_shipped_monitor_override_is_a_duration() -> None:
+    monitor = load_rules(SHIPPED).rules["a3_api"].update.monitor
+    assert isinstance(monitor, timedelta)
+    assert monitor == timedelta(seconds=30)
+
+
+def test_for_repository_fans_out_and_ignores_case() -> None:
+    rules = load_rules(SHIPPED)
+    assert [r.service for r in rules.for_repository("acme/simple-api")] == ["a3_api", "a3_worker"]
+    assert [r.service for r in rules.for_repository("ACME/Web")] == ["a3_web"]
+    assert rules.for_repository("acme/other") == []
+    assert rules.get("a3_web") is rules.rules["a3_web"]
+    assert rules.get("nope") is None
+
+
+# ---- defaults and overrides -------------------------------------------------------------------
+def test_builtin_defaults_without_a_defaults_section() -> None:
+    rule = rules_of({"api": {"repository": "acme/api", "tags": "latest"}}).rules["api"]
+    assert rule.update == UpdateSettings(
+        parallelism=1,
+        delay=timedelta(seconds=5),
+        order="start-first",
+        failure_action="rollback",
+        monitor=timedelta(seconds=15),
+        max_failure_ratio=0.0,
+    )
+    assert rule.timeout == timedelta(minutes=5)
+    assert (rule.image, rule.policy, rule.is_semver) == ("acme/api", None, False)
+
+
+def test_defaults_merge_with_non_duration_overrides() -> None:
+    rules = rules_of(
+        {
+            "plain": {"repository": "acme/api", "tags": "latest"},
+            "tuned": {
+                "repository": "acme/api",
+                "tags": "latest",
+                "update": {"parallelism": 0, "failure_action": "pause", "max_failure_ratio": 0.5},
+                "timeout": "30s",
+            },
+        },
+        defaults={"update": {"parallelism": 3, "order": "stop-first", "delay": "2s"}, "timeout": "1h"},
+    )
+    plain, tuned = rules.rules["plain"], rules.rules["tuned"]
+    assert plain.update == UpdateSettings(parallelism=3, order="stop-first", delay=timedelta(seconds=2))
+    assert plain.timeout == timedelta(hours=1)
+    # parallelism 0 is an override (falsy, not absent); the rest comes from the defaults.
+    assert (tuned.update.parallelism, tuned.update.order, tuned.update.delay) == (0, "stop-first", timedelta(seconds=2))
+    assert (tuned.update.failure_action, tuned.update.max_failure_ratio) == ("pause", 0.5)
+    assert tuned.timeout == timedelta(seconds=30)
+
+
+@pytest.mark.parametrize("key", ["delay", "monitor"])
+def test_duration_override_stays_a_timedelta(key: str) -> None:
+    rule = rules_of({"api": {"repository": "acme/api", "tags": "latest", "update": {key: "1m30s"}}}).rules["api"]
+    assert getattr(rule.update, key) == timedelta(seconds=90)
+
+
+def test_image_may_name_another_registry() -> None:
+    rule = rules_of(
+        {"api": {"repository": "acme/api", "image": "reg.example.com:5000/acme/api-x", "tags": "latest"}}
+    ).rules["api"]
+    assert (rule.repository, rule.image) == ("acme/api", "reg.example.com:5000/acme/api-x")
+
+
+# ---- tag filters ------------------------------------------------------------------------------
+TAG_CASES: list[tuple[str, str, str | None]] = [
+    ("latest", "latest", None),
+    ("latest", "Latest", "tag 'Latest' is not 'latest'"),
+    ("latest", "latest-1", "tag 'latest-1' is not 'latest'"),
+    ("glob:release-*", "release-1", None),
+    ("glob:release-*", "release-", None),
+    ("glob:release-*", "Release-1", "tag 'Release-1' does not match glob 'release-*'"),
+    ("glob:release-*", "prerelease-1", "tag 'prerelease-1' does not match glob 'release-*'"),
+    ("glob:v?.*", "v1.2", None),
+    ("glob:v?.*", "v12.2", "tag 'v12.2' does not match glob 'v?.*'"),
+    (r"regex:^v\d+$", "v12", None),
+    (r"regex:^v\d+$", "v1.2", r"tag 'v1.2' does not match regex '^v\\d+$'"),
+    (r"regex:v\d+", "v1-extra", r"tag 'v1-extra' does not match regex 'v\\d+'"),  # full match, not search
+    (r"regex:v\d+", "v7", None),
+    ("semver", "1.2.3", None),
+    ("semver", "v1.2.3", None),
+    ("semver", "1.2.3-rc.1", None),  # pre-releases are the policy's business, not the filter's
+    ("semver", "latest", "tag 'latest' is not a semantic version"),
+    ("semver", "1.2", "tag '1.2' is not a semantic version"),
+    ("semver:>=1.2,<2", "1.2.0", None),
+    ("semver:>=1.2,<2", "v1.9.9", None),
+    ("semver:>=1.2,<2", "2.0.0", "version 2.0.0 is outside '>=1.2,<2'"),
+    ("semver:>=1.2,<2", "v1.1.9", "version 1.1.9 is outside '>=1.2,<2'"),
+    ("semver:>=1.2,<2", "latest", "tag 'latest' is not a semantic version"),
+]
+
+
+@pytest.mark.parametrize(("spec", "tag", "refusal"), TAG_CASES, ids=[f"{s}|{t}" for s, t, _ in TAG_CASES])
+def test_tag_filter(spec: str, tag: str, refusal: str | None) -> None:
+    assert one_rule_tags(spec).refusal(tag) == refusal
+
+
+FILTER_KINDS = [
+    ("latest", "exact", "latest"),
+    ("glob", "exact", "glob"),  # no colon: a plain tag that happens to be called "glob"
+    ("glob:release-*", "glob", "glob:release-*"),
+    ("regex:^v[0-9]+$", "regex", "regex:^v[0-9]+$"),
+    ("semver", "semver", "semver"),
+    ("semver:>=1.2,<2", "semver", "semver:>=1.2,<2"),
+]
+
+
+@pytest.mark.parametrize(("spec", "kind", "text"), FILTER_KINDS, ids=[s for s, _, _ in FILTER_KINDS])
+def test_tag_filter_kind_and_str(spec: str, kind: str, text: str) -> None:
+    tags = one_rule_tags(spec)
+    assert (tags.kind, str(tags)) == (kind, text)
+
+
+# ---- located errors ---------------------------------------------------------------------------
+HEADER = """\
+defaults:
+  update: {parallelism: 1, delay: 5s}
+  timeout: 5m
+services:
+  api:
+    repository: acme/api
+"""
+# Line numbers below: 1 defaults, 2 update, 3 timeout, 4 services, 5 api, 6 repository, 7+ what follows.
+
+ERRORS: list[tuple[str, str, list[str]]] = [
+    (
+        "unknown-service-key",
+        HEADER + "    tags: semver\n    colour: red\n",
+        ["line 8: services.api.colour: unknown key"],
+    ),
+    (
+        "unknown-defaults-key",
+        HEADER.replace("  timeout: 5m\n", "  timeout: 5m\n  retries: 3\n") + "    tags: latest\n",
+        ["line 4: defaults.retries: unknown key"],
+    ),
+    (
+        "unknown-update-key",
+        HEADER + "    tags: latest\n    update:\n      speed: fast\n",
+        ["line 9: services.api.update.speed: unknown key"],
+    ),
+    (
+        "bad-duration",
+        HEADER + "    tags: latest\n    timeout: soon\n",
+        [f"line 8: services.api.timeout: 'soon' is not a duration: {FORMS}"],
+    ),
+    (
+        "bad-duration-in-flow-mapping",
+        HEADER.replace("delay: 5s", "delay: 5x") + "    tags: latest\n",
+        [f"line 2: defaults.update.delay: '5x' is not a duration: {FORMS}"],
+    ),
+    (
+        "bad-policy",
+        HEADER + "    tags: semver\n    policy: newest\n",
+        ["line 8: services.api.policy: Input should be 'all', 'major', 'minor' or 'patch'"],
+    ),
+    (
+        "policy-with-non-semver-filter",
+        HEADER + "    tags: 'glob:release-*'\n    policy: minor\n",
+        ["line 8: services.api.policy: policy applies to semver tag filters only (tags: semver or semver:RANGE)"],
+    ),
+    (
+        "invalid-regex",
+        HEADER + "    tags: 'regex:[a-'\n",
+        ["line 7: services.api.tags: invalid regular expression '[a-': unterminated character set at position 0"],
+    ),
+    (
+        "invalid-semver-range",
+        HEADER + "    tags: 'semver:~1.2'\n",
+        ["line 7: services.api.tags: '~1.2' is not a version comparator: use forms like >=1.2, <2, ==1.4.0, !=1.3.1"],
+    ),
+    (
+        "tag-neither-docker-tag-nor-filter",
+        HEADER + "    tags: 'release:*'\n",
+        [
+            "line 7: services.api.tags: 'release:*' is neither a Docker tag nor a filter "
+            "(glob:PATTERN, regex:PATTERN, semver[:RANGE])"
+        ],
+    ),
+    (
+        "image-with-a-tag",
+        HEADER + "    image: acme/api:1.2\n    tags: latest\n",
+        ["line 7: services.api.image: 'acme/api:1.2' is not a valid image name (lowercase, no tag or digest)"],
+    ),
+    (
+        "repository-with-a-digest",
+        HEADER.replace("acme/api", "acme/api@sha256:abc") + "    tags: latest\n",
+        [
+            "line 6: services.api.repository: 'acme/api@sha256:abc' is not a valid image name "
+            "(lowercase, no tag or digest)"
+        ],
+    ),
+    (
+        "uppercase-repository",
+        HEADER.replace("acme/api", "Acme/API") + "    tags: latest\n",
+        ["line 6: services.api.repository: 'Acme/API' is not a valid image name (lowercase, no tag or digest)"],
+    ),
+    (
+        "missing-tags",
+        HEADER,
+        ["line 5: services.api.tags: Field required"],
+    ),
+    (
+        "duplicate-service-key",
+        HEADER + "    tags: latest\n  api:\n    repository: acme/other\n    tags: latest\n",
+        ["line 8: services.api: duplicate key"],
+    ),
+    (
+        "duplicate-nested-key",
+        HEADER + "    tags: latest\n    update:\n      monitor: 1s\n      monitor: 2s\n",
+        ["line 10: services.api.update.monitor: duplicate key"],
+    ),
+    (
+        "yaml-tab",
+        HEADER + "\ttags: latest\n",
+        ["line 7: not valid YAML: found character '\\t' that cannot start any token"],
+    ),
+    (
+        "yaml-bad-indent",
+        HEADER + "   tags: latest\n",
+        ["line 7: not valid YAML: expected <block end>, but found '<block mapping start>'"],
+    ),
+    (
+        "yaml-mapping-value-here",
+        "services: : x\n",
+        ["line 1: not valid YAML: mapping values are not allowed here"],
+    ),
+    ("empty-file", "", ["the file must be a mapping with a 'services:' section"]),
+    ("only-comments", "# nothing yet\n", ["the file must be a mapping with a 'services:' section"]),
+    ("top-level-list", "- api\n", ["the file must be a mapping with a 'services:' section"]),
+    ("missing-services", "defaults:\n  timeout: 5m\n", ["line 1: services: Field required"]),
+    (
+        "services-not-a-mapping",
+        "defaults: {}\nservices:\n  - api\n",
+        ["line 2: services: Input should be a valid dictionary"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), [(t, e) for _, t, e in ERRORS], ids=[i for i, _, _ in ERRORS])
+def test_located_errors(text: str, expected: list[str]) -> None:
+    assert problems_of(text) == expected
+
+
+BAD_NAMES = ["-bad", "_lead", "has space", "x" * 64, "a/b"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES, ids=["dash", "underscore", "space", "64-chars", "slash"])
+def test_bad_service_name_is_reported(name: str) -> None:
+    problems = problems_of(HEADER.replace("  api:", f"  {name!r}:") + "    tags: latest\n")
+    [problem] = problems
+    assert problem == f"line 5: services.{name}: {name!r} is not a valid Swarm service name"
+
+
+def test_bad_service_name_is_located() -> None:
+    [problem] = problems_of(HEADER.replace("  api:", "  -bad:") + "    tags: latest\n")
+    assert problem.startswith("line 5: services.-bad: ")
+
+
+def test_good_service_names() -> None:
+    names = ["a", "a3_api", "Stack.web-1", "x" * 63]
+    rules = rules_of({n: {"repository": "acme/api", "tags": "latest"} for n in names})
+    assert list(rules.rules) == names
+
+
+def test_several_errors_are_all_reported() -> None:
+    text = """\
+    defaults:
+      update: {monitor: 5x, parallelism: -1}
+      colour: red
+    services:
+      api:
+        repository: Acme/Api
+        tags: latest
+        policy: major
+        update:
+          delay: nope
+      api:
+        repository: acme/api
+        tags: latest
+    """
+    with pytest.raises(RulesError) as exc:
+        parse_rules(textwrap.dedent(text), source="r.yaml")
+    expected = [
+        "line 11: services.api: duplicate key",
+        "line 2: defaults.update.parallelism: Input should be greater than or equal to 0",
+        f"line 2: defaults.update.monitor: '5x' is not a duration: {FORMS}",
+        "line 3: defaults.colour: unknown key",
+    ]
+    # The duplicate's last occurrence is what YAML keeps; the first entry's errors are hidden by it.
+    assert exc.value.problems == expected
+    assert exc.value.message == "r.yaml: 4 error(s)\n" + "\n".join(f"  {p}" for p in expected)
+
+
+def test_several_service_errors_are_all_reported() -> None:
+    text = HEADER.replace("acme/api", "Acme/Api") + "    tags: 'regex:('\n    timeout: never\n    colour: red\n"
+    assert problems_of(text) == [
+        "line 6: services.api.repository: 'Acme/Api' is not a valid image name (lowercase, no tag or digest)",
+        "line 7: services.api.tags: invalid regular expression '(': missing ), unterminated subpattern at position 0",
+        f"line 8: services.api.timeout: 'never' is not a duration: {FORMS}",
+        "line 9: services.api.colour: unknown key",
+    ]
+
+
+@pytest.mark.parametrize("value", [".inf", "99999999999h"])
+def test_out_of_range_duration_is_located(value: str) -> None:
+    [problem] = problems_of(HEADER + f"    tags: latest\n    timeout: {value}\n")
+    assert problem.startswith("line 8: services.api.timeout: ")
+
+
+@pytest.mark.parametrize(
+    "tags", ["{kind: regex, pattern: '[a-'}", "{kind: semver, pattern: '~1'}"], ids=["regex", "semver"]
+)
+def test_mapping_form_of_tags_is_validated(tags: str) -> None:
+    [problem] = problems_of(HEADER + f"    tags: {tags}\n")
+    assert problem.startswith("line 7: services.api.tags: ")
+
+
+def test_load_rules_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.yaml"
+    with pytest.raises(RulesError) as exc:
+        load_rules(path)
+    assert (exc.value.path, exc.value.problems) == (str(path), ["cannot read: No such file or directory"])
+
+
+# ---- RulesSource ------------------------------------------------------------------------------
+def _write(path: Path, services: dict[str, Any], mtime: float) -> None:
+    path.write_text(yaml.safe_dump({"services": services}), encoding="utf-8")
+    os.utime(path, (mtime, mtime))
+
+
+def _svc(tags: str = "latest") -> dict[str, Any]:
+    return {"repository": "acme/api", "tags": tags}
+
+
+def test_rules_source_reloads_and_keeps_last_good(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    _write(path, {"one": _svc()}, mtime=1_000_000)
+    source = RulesSource(path)
+    assert (list(source.current().rules), source.error) == (["one"], None)
+
+    # Changed content with the same mtime is not noticed: reloading is driven by mtime.
+    _write(path, {"two": _svc()}, mtime=1_000_000)
+    assert list(source.current().rules) == ["one"]
+
+    os.utime(path, (1_000_100, 1_000_100))
+    assert (list(source.current().rules), source.error) == (["two"], None)
+
+    path.write_text("services:\n  two:\n    repository: acme/api\n    tags: latest\n    colour: red\n")
+    os.utime(path, (1_000_200, 1_000_200))
+    kept = source.current()
+    assert list(kept.rules) == ["two"]
+    assert source.error == f"{path}: 1 error(s)\n  line 5: services.two.colour: unknown key"
+    assert source.current() is kept  # asking again does not re-read the broken file
+
+    _write(path, {"three": _svc()}, mtime=1_000_300)
+    assert (list(source.current().rules), source.error) == (["three"], None)
+
+
+def test_rules_source_refuses_a_broken_file_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text("services:\n  api:\n    repository: acme/api\n")
+    with pytest.raises(RulesError) as exc:
+        RulesSource(path)
+    assert exc.value.problems == ["line 2: services.api.tags: Field required"]
+
+
+def test_rules_source_recovers_after_the_file_disappears(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    _write(path, {"one": _svc()}, mtime=1_000_000)
+    source = RulesSource(path)
+    path.unlink()
+    assert list(source.current().rules) == ["one"]
+    assert source.error == f"{path}: 1 error(s)\n  cannot read: No such file or directory"
+
+    _write(path, {"two": _svc()}, mtime=1_000_100)
+    assert (list(source.current().rules), source.error) == (["two"], None)

@@ -1,0 +1,196 @@
+"""Settings from an explicit environment mapping: values, *_FILE secrets, and errors that never echo secrets."""
+
+from __future__ import annotations
+
+import ipaddress
+import traceback
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from webhook_server.errors import ConfigError
+from webhook_server.settings import MIN_TOKEN_LENGTH, load_settings
+
+TOKEN = "hook-token-0123456789"
+API_TOKEN = "api-token-abcdefghijk"
+
+
+def test_defaults_from_an_empty_environment() -> None:
+    s = load_settings(env={})
+    assert (s.webhook_token, s.api_token) == (None, None)
+    assert (s.rules_path, s.db_path, s.log_level) == (
+        Path("deploy_rules.yaml"),
+        Path("state/webhook.sqlite3"),
+        "INFO",
+    )
+    assert (s.docker_retry_limit, s.trusted_proxies, s.max_body_bytes) == (timedelta(minutes=10), (), 1024 * 1024)
+    assert s.secrets() == []
+
+
+def test_everything_from_the_environment() -> None:
+    s = load_settings(
+        env={
+            "WEBHOOK_TOKEN": f"  {TOKEN}\n",
+            "WEBHOOK_API_TOKEN": API_TOKEN,
+            "WEBHOOK_RULES": "/etc/rules.yaml",
+            "WEBHOOK_DB": "/var/lib/hook.db",
+            "WEBHOOK_LOG_LEVEL": "DEBUG",
+            "WEBHOOK_DOCKER_RETRY_LIMIT": "1m30s",
+            "WEBHOOK_TRUSTED_PROXIES": "10.0.0.0/8",
+            "WEBHOOK_MAX_BODY_BYTES": "2048",
+            "UNRELATED": "ignored",
+        }
+    )
+    assert s.webhook_token is not None and s.webhook_token.get_secret_value() == TOKEN  # stripped
+    assert s.api_token is not None and s.api_token.get_secret_value() == API_TOKEN
+    assert (s.rules_path, s.db_path, s.log_level) == (Path("/etc/rules.yaml"), Path("/var/lib/hook.db"), "DEBUG")
+    assert (s.docker_retry_limit, s.max_body_bytes) == (timedelta(seconds=90), 2048)
+    assert s.secrets() == [TOKEN, API_TOKEN]
+    assert TOKEN not in repr(s) and TOKEN not in str(s)
+
+
+def test_secrets_from_files(tmp_path: Path) -> None:
+    hook_file, api_file = tmp_path / "hook", tmp_path / "api"
+    hook_file.write_text(TOKEN + "\n", encoding="utf-8")
+    api_file.write_text(API_TOKEN, encoding="utf-8")
+    s = load_settings(
+        env={
+            "WEBHOOK_TOKEN_FILE": str(hook_file),
+            "WEBHOOK_TOKEN": "the-file-wins-over-this-value",
+            "WEBHOOK_API_TOKEN_FILE": str(api_file),
+        }
+    )
+    assert s.secrets() == [TOKEN, API_TOKEN]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"WEBHOOK_TOKEN": ""}, {"WEBHOOK_TOKEN": "   "}, {"WEBHOOK_TOKEN_FILE": ""}],
+    ids=["empty", "blank", "empty-file-name"],
+)
+def test_empty_means_unset(env: dict[str, str]) -> None:
+    assert load_settings(env=env).webhook_token is None
+
+
+def test_empty_secret_file_means_unset(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_text("\n")
+    assert load_settings(env={"WEBHOOK_TOKEN_FILE": str(tmp_path / "empty")}).webhook_token is None
+
+
+def test_overrides_win_and_none_overrides_are_ignored() -> None:
+    s = load_settings(
+        env={"WEBHOOK_LOG_LEVEL": "DEBUG", "WEBHOOK_TOKEN": TOKEN}, log_level="WARNING", webhook_token=None
+    )
+    assert s.log_level == "WARNING"
+    assert s.secrets() == [TOKEN]
+
+
+SHORT = "x7Q-short-secret"[: MIN_TOKEN_LENGTH - 1]
+SHORT_MESSAGE = f"must be at least {MIN_TOKEN_LENGTH} characters; use a long random string"
+
+
+@pytest.mark.parametrize("variable", ["WEBHOOK_TOKEN", "WEBHOOK_API_TOKEN"])
+def test_short_token_is_rejected_without_echoing_it(variable: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env={variable: SHORT})
+    assert exc.value.message == f"invalid settings: {variable}: {SHORT_MESSAGE}"
+    rendered = "".join(traceback.format_exception(exc.value))
+    assert SHORT not in rendered
+
+
+def test_short_token_from_a_file_is_rejected_without_echoing_it(tmp_path: Path) -> None:
+    (tmp_path / "tok").write_text(SHORT)
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env={"WEBHOOK_TOKEN_FILE": str(tmp_path / "tok")})
+    assert exc.value.message == f"invalid settings: WEBHOOK_TOKEN: {SHORT_MESSAGE}"
+    assert SHORT not in "".join(traceback.format_exception(exc.value))
+
+
+def test_token_of_exactly_the_minimum_length_is_accepted() -> None:
+    token = "k" * MIN_TOKEN_LENGTH
+    assert load_settings(env={"WEBHOOK_TOKEN": token}).secrets() == [token]
+
+
+def test_every_problem_is_reported() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env={"WEBHOOK_TOKEN": SHORT, "WEBHOOK_API_TOKEN": SHORT, "WEBHOOK_MAX_BODY_BYTES": "0"})
+    assert exc.value.message == (
+        f"invalid settings: WEBHOOK_TOKEN: {SHORT_MESSAGE}; WEBHOOK_API_TOKEN: {SHORT_MESSAGE}; "
+        "WEBHOOK_MAX_BODY_BYTES: Input should be greater than 0"
+    )
+
+
+PROXIES: list[tuple[str, list[str]]] = [
+    ("10.0.0.0/8", ["10.0.0.0/8"]),
+    ("10.0.0.0/8, 192.168.1.5 ,::1", ["10.0.0.0/8", "192.168.1.5/32", "::1/128"]),
+    ("172.16.5.4/12", ["172.16.0.0/12"]),  # host bits are dropped, not an error
+    ("fd00::/8,", ["fd00::/8"]),
+    (" , ", []),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "networks"), PROXIES, ids=["one", "list-with-spaces", "host-bits", "trailing-comma", "blank-items"]
+)
+def test_trusted_proxies(text: str, networks: list[str]) -> None:
+    proxies = load_settings(env={"WEBHOOK_TRUSTED_PROXIES": text}).trusted_proxies
+    assert proxies == tuple(ipaddress.ip_network(n) for n in networks)
+
+
+BAD: list[tuple[str, dict[str, str], str]] = [
+    (
+        "proxy-not-an-address",
+        {"WEBHOOK_TRUSTED_PROXIES": "10.0.0.0/8,nope"},
+        "WEBHOOK_TRUSTED_PROXIES: 'nope' does not appear to be an IPv4 or IPv6 network",
+    ),
+    (
+        "proxy-bad-prefix",
+        {"WEBHOOK_TRUSTED_PROXIES": "10.0.0.0/33"},
+        "WEBHOOK_TRUSTED_PROXIES: '10.0.0.0/33' does not appear to be an IPv4 or IPv6 network",
+    ),
+    (
+        "bad-duration",
+        {"WEBHOOK_DOCKER_RETRY_LIMIT": "soon"},
+        "WEBHOOK_DOCKER_RETRY_LIMIT: 'soon' is not a duration: use forms like 500ms, 5s, 2m, 1h or 1m30s",
+    ),
+    (
+        "negative-duration",
+        {"WEBHOOK_DOCKER_RETRY_LIMIT": "-5s"},
+        "WEBHOOK_DOCKER_RETRY_LIMIT: '-5s' is not a duration: use forms like 500ms, 5s, 2m, 1h or 1m30s",
+    ),
+    ("body-zero", {"WEBHOOK_MAX_BODY_BYTES": "0"}, "WEBHOOK_MAX_BODY_BYTES: Input should be greater than 0"),
+    (
+        "body-not-a-number",
+        {"WEBHOOK_MAX_BODY_BYTES": "1MB"},
+        "WEBHOOK_MAX_BODY_BYTES: Input should be a valid integer, unable to parse string as an integer",
+    ),
+]
+
+
+@pytest.mark.parametrize(("env", "problem"), [(e, p) for _, e, p in BAD], ids=[i for i, _, _ in BAD])
+def test_invalid_values(env: dict[str, str], problem: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env=env)
+    assert exc.value.message == f"invalid settings: {problem}"
+
+
+def test_unknown_override_is_rejected() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env={}, colour="red")
+    assert exc.value.message == "invalid settings: colour: Extra inputs are not permitted"
+
+
+@pytest.mark.parametrize(
+    ("variable", "make_path", "reason"),
+    [
+        ("WEBHOOK_TOKEN", lambda tmp: tmp / "absent", "No such file or directory"),
+        ("WEBHOOK_API_TOKEN", lambda tmp: tmp, "Is a directory"),
+    ],
+    ids=["missing-file", "directory"],
+)
+def test_unreadable_secret_file(tmp_path: Path, variable: str, make_path: object, reason: str) -> None:
+    path = make_path(tmp_path)  # type: ignore[operator]
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env={f"{variable}_FILE": str(path), variable: TOKEN})
+    assert exc.value.message == f"{variable}_FILE={path}: cannot read: {reason}"
