@@ -10,6 +10,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -134,7 +135,7 @@ def nginx_test(prefix: Path, *, nginx: Sequence[str] = ("nginx",)) -> subprocess
     )  # fmt: skip
 
 
-def _children(pid: int) -> set[int]:
+def children(pid: int) -> set[int]:
     kids: set[int] = set()
     with contextlib.suppress(OSError):
         for task in Path(f"/proc/{pid}/task").iterdir():
@@ -157,7 +158,7 @@ class Nginx:
         return int((self.prefix / "nginx.pid").read_text().strip())
 
     def workers(self) -> set[int]:
-        return {p for p in _children(self.master_pid) if alive(p)}
+        return {p for p in children(self.master_pid) if alive(p)}
 
     def access_log(self) -> str:
         return _read(self.prefix / "logs" / "access.log")
@@ -182,7 +183,7 @@ class Nginx:
 
     def stop(self) -> list[str]:
         """Stop master and workers by pid; returns survivors (empty when clean)."""
-        tree = {self.master_pid, *_children(self.master_pid)}
+        tree = {self.master_pid, *children(self.master_pid)}
         stop_process(self.proc, timeout=10)
         with contextlib.suppress(TimeoutError):
             wait_for(lambda: not any(alive(p) for p in tree), timeout=10, what="nginx to exit")
@@ -491,3 +492,80 @@ def removed_after(path: Path) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# ---- versions, and a Debian rootfs with another nginx ------------------------------------------------
+
+DEBIAN_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
+ROOTFS_SUITE, ROOTFS_PACKAGE = "trixie", "nginx"  # nginx 1.26 with OpenSSL 3.5: the "modern" syntax branch
+# Left out of the rootfs: not needed to run nginx, and a quarter of its size.
+ROOTFS_TRIM = ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info", "var/cache/apt",
+               "var/lib/apt/lists")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class NginxBuild:
+    nginx: tuple[int, int, int]
+    openssl: tuple[int, int, int]
+
+
+def parse_nginx_v(text: str) -> NginxBuild:
+    """Versions from ``nginx -V`` (it prints to stderr): ``nginx/1.22.1`` and ``built with OpenSSL 3.0.13``."""
+    nginx = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", text)
+    openssl = re.search(r"(?:built with|running with) OpenSSL (\d+)\.(\d+)\.(\d+)", text)
+    if not nginx or not openssl:
+        raise ValueError(f"cannot read versions from nginx -V: {text[:300]!r}")
+    n = nginx.groups()
+    o = openssl.groups()
+    return NginxBuild((int(n[0]), int(n[1]), int(n[2])), (int(o[0]), int(o[1]), int(o[2])))
+
+
+def local_nginx_build() -> NginxBuild:
+    out = subprocess.run(["nginx", "-V"], capture_output=True, text=True, check=True)
+    return parse_nginx_v(out.stderr + out.stdout)
+
+
+def debian_mirror() -> str:
+    """The mirror apt uses here (debootstrap needs one), from deb822 sources."""
+    try:
+        for line in DEBIAN_SOURCES.read_text().splitlines():
+            if line.startswith("URIs:"):
+                return line.split()[1]
+    except OSError:
+        pass
+    return "http://deb.debian.org/debian"
+
+
+class RootfsUnavailable(RuntimeError):
+    pass
+
+
+@dataclass
+class Rootfs:
+    """A Debian rootfs with nginx: ``nginx -t`` runs in it by chroot, and it becomes the Swarm test image."""
+
+    root: Path
+    build: NginxBuild
+
+    def nginx(self) -> list[str]:
+        return ["chroot", str(self.root), "nginx"]
+
+    def tar(self, dest: Path) -> Path:
+        subprocess.run(["tar", "-C", str(self.root), "-cf", str(dest), "."], check=True, capture_output=True)
+        return dest
+
+
+def debootstrap_nginx(dest: Path, *, suite: str = ROOTFS_SUITE, package: str = ROOTFS_PACKAGE) -> Rootfs:
+    if os.geteuid() != 0:
+        raise RootfsUnavailable("debootstrap and chroot need root")
+    if shutil.which("debootstrap") is None:
+        raise RootfsUnavailable("missing debootstrap (apt-get install debootstrap)")
+    cmd = ["debootstrap", "--variant=minbase", f"--include={package}", suite, str(dest), debian_mirror()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
+        raise RootfsUnavailable(f"debootstrap {suite} failed ({proc.returncode}): {tail}")
+    for sub in ROOTFS_TRIM:
+        shutil.rmtree(dest / sub, ignore_errors=True)
+    out = subprocess.run(["chroot", str(dest), "nginx", "-V"], capture_output=True, text=True, check=True)
+    return Rootfs(dest, parse_nginx_v(out.stderr))

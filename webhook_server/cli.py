@@ -18,6 +18,7 @@ from webhook_server.errors import ConfigError, WebhookError
 from webhook_server.executor import Executor, ExecutorLock, lock_path
 from webhook_server.journal import Deployment, Journal, PushRecord
 from webhook_server.matching import plan_manual, policy_refusal_for
+from webhook_server.proxy.commands import reload_proxy, render_nginx
 from webhook_server.rollback import plan_rollback
 from webhook_server.rules import RulesSource, load_rules
 from webhook_server.settings import Settings, load_settings
@@ -168,6 +169,11 @@ def rollback(service: str, to: int | None, wait: bool) -> None:
     )
     click.echo(f"deployment {dep.id}: {service} ← {target.image_ref} (as deployed by {target.id}) queued")
     _report(_run_or_wait(journal, dep, swarm=swarm, rules=rules, settings=settings, wait=wait))
+
+
+# ---- the proxy -------------------------------------------------------------------------------
+main.add_command(render_nginx)
+main.add_command(reload_proxy)
 
 
 # ---- history ---------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ class TagFilter(BaseModel):
             except re.error as e:
                 raise ValueError(f"invalid regular expression {rest!r}: {e}") from None
             return {"kind": "regex", "pattern": rest}
-        if not DOCKER_TAG.match(value):
+        if not DOCKER_TAG.fullmatch(value):
             raise ValueError(
                 f"{value!r} is neither a Docker tag nor a filter (glob:PATTERN, regex:PATTERN, semver[:RANGE])"
             )
@@ -95,7 +95,7 @@ TagFilterField = Annotated[TagFilter, BeforeValidator(TagFilter.parse)]
 
 def _matching(pattern: re.Pattern[str], what: str) -> BeforeValidator:
     def check(value: Any) -> Any:
-        if isinstance(value, str) and not pattern.match(value):
+        if isinstance(value, str) and not pattern.fullmatch(value):
             raise ValueError(f"{value!r} is not a valid {what}")
         return value
 

@@ -15,7 +15,8 @@ from typing import IO, Any
 import click
 from pydantic import ValidationError
 
-from webhook_server.errors import WebhookError
+from webhook_server.errors import DockerError, ServiceNotFound, WebhookError
+from webhook_server.proxy import reload as reloading
 from webhook_server.proxy.config import ProxyConfig, parse_version
 from webhook_server.proxy.render import render_nginx_conf
 from webhook_server.rules import load_rules
@@ -30,6 +31,12 @@ class UserError(click.ClickException):
 
     def show(self, file: IO[Any] | None = None) -> None:
         click.echo(f"error: {self.format_message()}", file=file, err=file is None)
+
+
+class Failure(UserError):
+    """Not a mistake in the command but the system's state (nginx -t failed, Docker unreachable): exit 1."""
+
+    exit_code = 1
 
 
 def _check_version(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -119,3 +126,47 @@ def render_nginx(
     except OSError as e:
         raise UserError(f"cannot write {out}: {e.strerror}") from None
     log.info("wrote %s", out)
+
+
+@click.command("reload-proxy")
+@click.option(
+    "--service",
+    envvar="WEBHOOK_PROXY_SERVICE",
+    default="nginx",
+    show_default=True,
+    help="The nginx Swarm service (env WEBHOOK_PROXY_SERVICE).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["signal", "secrets"]),
+    default="signal",
+    show_default=True,
+    help="signal: nginx -t, then SIGHUP (certificates bind-mounted). secrets: new versioned Swarm secrets.",
+)
+@rules_option
+@click.option(
+    "--cert-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="/etc/letsencrypt/live",
+    show_default=True,
+    help="secrets mode: where the lineages' fullchain.pem and privkey.pem are on this host.",
+)
+@click.option("--docker-host", envvar="DOCKER_HOST", default=None, help="Docker daemon (env DOCKER_HOST).")
+def reload_proxy(service: str, mode: str, rules_path: Path, cert_dir: Path, docker_host: str | None) -> None:
+    """Make nginx load new certificates and config: validate, then reload without dropping connections."""
+    # Imported here: only this command needs the Docker adapter (and docker-py).
+    from webhook_server.swarm.proxy import SwarmProxy
+
+    config = load_proxy_config(rules_path) if mode == "secrets" else None
+    swarm = SwarmProxy(docker_host)
+    try:
+        report = reloading.reload_proxy(
+            swarm, service, mode="secrets" if mode == "secrets" else "signal", config=config, cert_dir=cert_dir
+        )
+    except ServiceNotFound as e:
+        raise UserError(e.message) from None
+    except (reloading.ReloadError, DockerError) as e:
+        raise Failure(e.message) from None
+    finally:
+        swarm.close()
+    click.echo(report.summary(service))

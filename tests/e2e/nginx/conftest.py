@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.bed import free_port, stop_process
+from tests.bed import bed_required, free_port, stop_process
 from tests.nginx_bed import (
     Nginx,
     Recorder,
+    Rootfs,
+    RootfsUnavailable,
+    debootstrap_nginx,
     make_dir,
     prepare_prefix,
     relocate,
@@ -129,3 +132,24 @@ def stack(dns: str, receiver: Server) -> Iterator[ProxyStack]:
         echo.stop()
         shutil.rmtree(prefix, ignore_errors=True)
         assert not survivors, survivors
+
+
+@pytest.fixture(scope="session")
+def debian_rootfs() -> Iterator[Rootfs]:
+    """Debian trixie's nginx (1.26, OpenSSL 3.5) in a debootstrap rootfs, made once per session (~30 s).
+
+    It checks the template's modern branch (``http2 on;``, the hybrid post-quantum group) with a real nginx
+    that has it, and it is the Swarm test image for reload-proxy.
+    """
+    require("nginx")
+    root = make_dir("nginx-rootfs-")
+    try:
+        try:
+            rootfs = debootstrap_nginx(root / "rootfs")
+        except RootfsUnavailable as e:
+            if bed_required():
+                pytest.fail(f"required here (CI / REQUIRE_SWARM=1): {e}")
+            pytest.skip(str(e))
+        yield rootfs
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,123 @@
+"""The shipped files under nginx/: the deploy hook's contract, the renewal schedules and the example config.
+
+certbot itself runs the hook in tests/e2e/nginx/test_nginx_certbot.py; here it runs directly, fast.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from webhook_server.proxy.render import render_nginx_conf
+from webhook_server.rules import load_rules
+
+NGINX_DIR = Path(__file__).parents[2] / "nginx"
+HOOK = NGINX_DIR / "certbot" / "deploy-hook.sh"
+STUB = """#!/bin/sh
+printf '%s\\n' "$*" > "{calls}"
+exit {status}
+"""
+
+
+def run_hook(
+    tmp_path: Path, *, status: int, env_file: str | None = None
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    calls = tmp_path / "calls"
+    stub = tmp_path / "webhook-server"
+    stub.write_text(STUB.format(calls=calls, status=status))
+    stub.chmod(0o755)
+    settings = tmp_path / "reload-proxy.env"  # absent unless env_file is given
+    if env_file is not None:
+        settings.write_text(env_file)
+    env = {
+        "PATH": os.environ["PATH"],
+        "WEBHOOK_SERVER": str(stub),
+        "WEBHOOK_RELOAD_ENV": str(settings),
+        "RENEWED_LINEAGE": "/etc/letsencrypt/live/example.com",
+        "RENEWED_DOMAINS": "example.com www.example.com",
+    }
+    result = subprocess.run([str(HOOK)], env=env, capture_output=True, text=True, timeout=30)
+    return result, calls.read_text().strip() if calls.exists() else ""
+
+
+def test_hook_is_executable_posix_sh() -> None:
+    assert os.access(HOOK, os.X_OK)
+    assert HOOK.read_text().startswith("#!/bin/sh\n")
+    assert subprocess.run(["sh", "-n", str(HOOK)], capture_output=True).returncode == 0
+
+
+def test_hook_calls_reload_proxy_with_the_configured_arguments(tmp_path: Path) -> None:
+    result, calls = run_hook(tmp_path, status=0, env_file='RELOAD_PROXY_ARGS="--service a3_nginx --mode signal"\n')
+    assert result.returncode == 0, result.stderr
+    assert calls == "reload-proxy --service a3_nginx --mode signal"
+    assert "renewed example.com www.example.com (/etc/letsencrypt/live/example.com)" in result.stderr
+    assert "nginx now serves the renewed certificate" in result.stderr
+
+
+def test_hook_fails_loudly_when_reload_proxy_fails(tmp_path: Path) -> None:
+    result, calls = run_hook(tmp_path, status=4)
+    assert calls == "reload-proxy"
+    assert result.returncode == 4
+    assert (
+        "ERROR: reload-proxy failed (exit 4); nginx still serves the OLD certificate for example.com www.example.com"
+        in result.stderr
+    )
+
+
+def test_hook_without_a_settings_file(tmp_path: Path) -> None:
+    result, calls = run_hook(tmp_path, status=0)
+    assert result.returncode == 0, result.stderr
+    assert calls == "reload-proxy"
+
+
+def test_cron_runs_renew_twice_a_day_with_a_random_delay() -> None:
+    text = (NGINX_DIR / "certbot" / "certbot-renew.cron").read_text()
+    jobs = [line for line in text.splitlines() if line and not line.startswith("#") and "=" not in line]
+    assert len(jobs) == 1
+    minute, hour, dom, month, dow, user, command = jobs[0].split(maxsplit=6)
+    assert minute.isdigit() and len(hour.split(",")) == 2 and (dom, month, dow) == ("*", "*", "*")
+    assert user == "root"
+    assert "shuf -i 0-3600" in command and "certbot renew" in command
+    assert "%" not in jobs[0]  # cron turns % into a newline
+    assert "45 days" in text and "day 120" in text  # the reason is written down
+
+
+def test_systemd_timer_runs_twice_a_day_with_a_random_delay() -> None:
+    timer = (NGINX_DIR / "systemd" / "certbot-renew.timer").read_text()
+    service = (NGINX_DIR / "systemd" / "certbot-renew.service").read_text()
+    calendar = re.search(r"^OnCalendar=(.+)$", timer, re.MULTILINE)
+    assert calendar and calendar.group(1) == "*-*-* 03,15:17:00"
+    assert re.search(r"^RandomizedDelaySec=\S+$", timer, re.MULTILINE)
+    assert "Persistent=true" in timer and "45 days" in timer
+    assert re.search(r"^ExecStart=\S*certbot renew ", service, re.MULTILINE)
+    if shutil.which("systemd-analyze") is None:
+        return
+    out = subprocess.run(
+        ["systemd-analyze", "calendar", "--iterations=4", calendar.group(1)], capture_output=True, text=True
+    )
+    times = re.findall(r"(\d\d:\d\d:\d\d) UTC", out.stdout) or re.findall(r"(\d\d:\d\d:\d\d)", out.stdout)
+    assert set(times) == {"03:17:00", "15:17:00"}, out.stdout
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_units_verify(tmp_path: Path) -> None:
+    for unit in ("certbot-renew.service", "certbot-renew.timer"):
+        shutil.copy(NGINX_DIR / "systemd" / unit, tmp_path / unit)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "certbot-renew.timer")], capture_output=True, text=True
+    )
+    if "certbot" in result.stderr and "not executable" in result.stderr.lower():
+        pytest.skip("certbot is not installed at the path the unit names")
+    assert result.returncode == 0, result.stderr
+
+
+def test_example_config_renders() -> None:
+    rules = load_rules(NGINX_DIR / "deploy_rules.example.yaml")
+    assert rules.proxy is not None
+    conf = render_nginx_conf(rules.proxy)
+    assert "server_name hooks.example.com;" in conf and "http2 on;" in conf

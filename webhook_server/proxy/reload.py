@@ -1,0 +1,229 @@
+"""What ``webhook-server reload-proxy`` does, decided without Docker.
+
+``signal`` mode (certificates bind-mounted from the host): run ``nginx -t`` in every nginx task container on
+this node; only if all pass, SIGHUP them (nginx re-reads its config and certificates, old workers finish
+their requests: no connection is dropped). Tasks on other nodes cannot be reached by exec or signal from
+here, so the service gets a rolling ``--force`` update instead; Swarm's own update config (health checks,
+rollback) guards those.
+
+``secrets`` mode (multi-node swarms without bind mounts): each certificate file becomes a new Swarm secret
+named after its content, and the service is updated start-first to use them. A certificate that does not
+match its key is refused before anything changes.
+
+The Docker side is a :class:`NginxSwarm` (``webhook_server.swarm.proxy`` in production, a fake in tests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import ssl
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from webhook_server.errors import WebhookError
+from webhook_server.proxy.config import ProxyConfig
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["signal", "secrets"]
+CERT_FILES = ("fullchain.pem", "privkey.pem")
+# Swarm object names: at most 64 characters of these.
+_SECRET_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+SECRET_NAME_MAX = 64
+
+
+class ReloadError(WebhookError):
+    """reload-proxy refused or failed; the message says what, and whether anything was reloaded."""
+
+    code = "reload_failed"
+
+
+class ProxyConfigInvalid(ReloadError):
+    """``nginx -t`` failed in a task: nothing was reloaded."""
+
+    code = "proxy_config_invalid"
+
+
+@dataclass(frozen=True)
+class NginxTask:
+    task_id: str
+    node_id: str
+    container_id: str | None
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    output: str
+
+
+class NginxSwarm(Protocol):
+    def local_node_id(self) -> str: ...
+
+    def running_tasks(self, service: str) -> list[NginxTask]: ...
+
+    def check_config(self, container_id: str) -> CheckResult: ...
+
+    def reload(self, container_id: str) -> None: ...
+
+    def force_update(self, service: str) -> None: ...
+
+    def ensure_secret(self, name: str, data: bytes, labels: Mapping[str, str]) -> str: ...
+
+    def use_secrets(self, service: str, secrets: Mapping[str, tuple[str, str]]) -> None: ...
+
+
+def nginx_test_command(argv: Sequence[str]) -> list[str]:
+    """``nginx -t`` for the config the container's nginx runs: its own -c/-p/-g/-e options, plus -t.
+
+    A container started as ``nginx -c /srv/proxy/nginx.conf -g "daemon off;"`` must be checked against
+    /srv/proxy/nginx.conf, not the image's default. Anything else (a wrapper script) gets plain ``nginx -t``.
+    """
+    if argv and argv[0].rsplit("/", 1)[-1] == "nginx":
+        return [argv[0], *argv[1:], "-t"]
+    return ["nginx", "-t"]
+
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    local: tuple[NginxTask, ...]
+    remote: tuple[NginxTask, ...]
+
+    @property
+    def force_update(self) -> bool:
+        return bool(self.remote)
+
+
+def plan_reload(tasks: Sequence[NginxTask], *, local_node_id: str) -> ReloadPlan:
+    """Signal the tasks whose container runs on this node; any other running task needs a forced update."""
+    if not tasks:
+        raise ReloadError("no running nginx task to reload")
+    local = tuple(t for t in tasks if t.node_id == local_node_id and t.container_id)
+    remote = tuple(t for t in tasks if t not in local)
+    return ReloadPlan(local=local, remote=remote)
+
+
+@dataclass
+class ReloadReport:
+    checked: list[str] = field(default_factory=list)
+    signalled: list[str] = field(default_factory=list)
+    force_updated: bool = False
+    secrets: dict[str, str] = field(default_factory=dict)
+
+    def summary(self, service: str) -> str:
+        parts = []
+        if self.checked:
+            parts.append(f"nginx -t passed in {len(self.checked)} task(s)")
+        if self.signalled:
+            parts.append(f"reloaded {len(self.signalled)} task(s) on this node with SIGHUP")
+        if self.secrets:
+            parts.append(f"service updated (start-first) to {len(self.secrets)} new secret(s)")
+        if self.force_updated:
+            parts.append("tasks on other nodes: forced a rolling update")
+        return f"{service}: " + "; ".join(parts)
+
+
+def reload_by_signal(swarm: NginxSwarm, service: str) -> ReloadReport:
+    plan = plan_reload(swarm.running_tasks(service), local_node_id=swarm.local_node_id())
+    report = ReloadReport()
+    for task in plan.local:
+        assert task.container_id is not None
+        result = swarm.check_config(task.container_id)
+        if not result.ok:
+            raise ProxyConfigInvalid(
+                f"nginx -t failed in task {task.task_id} of {service}; nothing was reloaded:\n{result.output.strip()}"
+            )
+        report.checked.append(task.task_id)
+    for task in plan.local:
+        assert task.container_id is not None
+        swarm.reload(task.container_id)
+        report.signalled.append(task.task_id)
+        log.info("sent SIGHUP to nginx in task %s of %s", task.task_id, service)
+    if plan.force_update:
+        # Not validated here (exec reaches only this node's containers): Swarm's update config and health
+        # checks guard it, and a new task that fails to start is rolled back.
+        log.info("%d task(s) of %s run on other nodes: forcing a rolling update", len(plan.remote), service)
+        swarm.force_update(service)
+        report.force_updated = True
+    return report
+
+
+# ---- secrets mode ------------------------------------------------------------------------------------
+
+
+def secret_name(service: str, lineage: str, file_name: str, data: bytes) -> str:
+    """``SERVICE.LINEAGE.FILE.HASH``: one name per content, so a renewal always makes a new secret."""
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    stem = file_name.removesuffix(".pem")
+    name = _SECRET_NAME.sub("_", f"{service}.{lineage}.{stem}.{digest}")
+    if len(name) > SECRET_NAME_MAX:
+        # Keep the distinguishing tail (file and content hash); hash what had to go.
+        head = hashlib.sha256(f"{service}.{lineage}".encode()).hexdigest()[:12]
+        name = f"{head}.{stem}.{digest}"
+    return name
+
+
+def read_lineages(cert_dir: Path, lineages: Sequence[str]) -> dict[str, dict[str, bytes]]:
+    """The certificate files of each lineage, checked to belong together (certificate matches key)."""
+    files: dict[str, dict[str, bytes]] = {}
+    for lineage in lineages:
+        directory = cert_dir / lineage
+        try:
+            files[lineage] = {name: (directory / name).read_bytes() for name in CERT_FILES}
+        except OSError as e:
+            raise ReloadError(f"cannot read {directory}: {e.strerror}; nothing was changed") from None
+        _check_pair(lineage, files[lineage])
+    return files
+
+
+def _check_pair(lineage: str, files: Mapping[str, bytes]) -> None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = Path(tmp) / "fullchain.pem", Path(tmp) / "privkey.pem"
+        cert.write_bytes(files["fullchain.pem"])
+        key.write_bytes(files["privkey.pem"])
+        try:
+            ctx.load_cert_chain(cert, key)
+        except ssl.SSLError as e:
+            raise ReloadError(
+                f"lineage {lineage}: certificate and key do not belong together ({e.reason}); nothing was changed"
+            ) from None
+
+
+def reload_by_secrets(swarm: NginxSwarm, service: str, *, config: ProxyConfig, cert_dir: Path) -> ReloadReport:
+    """New versioned secrets for every lineage the config names, mounted where nginx.conf reads them."""
+    lineages = sorted({config.webhook.lineage, *(site.lineage for site in config.sites)})
+    files = read_lineages(cert_dir, lineages)
+    report = ReloadReport()
+    targets: dict[str, tuple[str, str]] = {}
+    for lineage, contents in files.items():
+        for file_name, data in contents.items():
+            target = f"{config.paths.certificates}/{lineage}/{file_name}"
+            name = secret_name(service, lineage, file_name, data)
+            labels = {"webhook-server.proxy.service": service, "webhook-server.proxy.target": target}
+            secret_id = swarm.ensure_secret(name, data, labels)
+            targets[target] = (secret_id, name)
+            report.secrets[target] = name
+    swarm.use_secrets(service, targets)
+    log.info("%s now uses secrets %s", service, ", ".join(sorted(report.secrets.values())))
+    return report
+
+
+def reload_proxy(
+    swarm: NginxSwarm,
+    service: str,
+    *,
+    mode: Mode = "signal",
+    config: ProxyConfig | None = None,
+    cert_dir: Path | None = None,
+) -> ReloadReport:
+    if mode == "signal":
+        return reload_by_signal(swarm, service)
+    if config is None or cert_dir is None:
+        raise ReloadError("secrets mode needs the proxy: section (--rules) and the certificates (--cert-dir)")
+    return reload_by_secrets(swarm, service, config=config, cert_dir=cert_dir)

@@ -1,0 +1,118 @@
+"""docker-py for ``reload-proxy``: the nginx service's tasks, ``nginx -t`` by exec, SIGHUP, forced updates and
+versioned certificate secrets. Implements ``webhook_server.proxy.reload.NginxSwarm``; raises only the
+project's errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import docker
+import docker.errors
+from docker.types import SecretReference, UpdateConfig
+
+from webhook_server.errors import DockerError, ServiceNotFound
+from webhook_server.proxy.reload import CheckResult, NginxTask, nginx_test_command
+from webhook_server.swarm.client import connect, translated
+
+log = logging.getLogger(__name__)
+
+SECRET_MODE = 0o400  # read by nginx's master (root) only, like certbot's privkey.pem
+
+
+class SwarmProxy:
+    def __init__(self, docker_host: str | None = None, *, timeout: float = 30.0) -> None:
+        self._client = connect(docker_host, timeout=timeout)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _service(self, service: str) -> Any:
+        with translated(f"looking up service {service}"):
+            try:
+                return self._client.services.get(service)
+            except docker.errors.NotFound as e:
+                raise ServiceNotFound(service) from e
+
+    def local_node_id(self) -> str:
+        with translated("reading this node's swarm state"):
+            node_id = str(self._client.info().get("Swarm", {}).get("NodeID") or "")
+        if not node_id:
+            raise DockerError("this Docker daemon is not part of a swarm")
+        return node_id
+
+    def running_tasks(self, service: str) -> list[NginxTask]:
+        svc = self._service(service)
+        with translated(f"listing the tasks of {service}"):
+            tasks = svc.tasks(filters={"desired-state": "running"})
+        return [
+            NginxTask(
+                task_id=str(t["ID"]),
+                node_id=str(t.get("NodeID", "")),
+                container_id=(t["Status"].get("ContainerStatus") or {}).get("ContainerID"),
+            )
+            for t in tasks
+            if t["Status"]["State"] == "running"
+        ]
+
+    def check_config(self, container_id: str) -> CheckResult:
+        with translated(f"running nginx -t in container {container_id[:12]}"):
+            container = self._client.containers.get(container_id)
+            config = container.attrs.get("Config") or {}
+            argv = [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
+            exit_code, output = container.exec_run(nginx_test_command(argv), stdout=True, stderr=True)
+        return CheckResult(ok=exit_code == 0, output=output.decode(errors="replace"))
+
+    def reload(self, container_id: str) -> None:
+        # nginx is the container's PID 1 (``nginx -g 'daemon off;'``): the signal reaches its master.
+        with translated(f"sending SIGHUP to container {container_id[:12]}"):
+            self._client.containers.get(container_id).kill(signal="SIGHUP")
+
+    def force_update(self, service: str) -> None:
+        svc = self._service(service)
+        with translated(f"forcing a rolling update of {service}"):
+            svc.force_update()
+
+    def ensure_secret(self, name: str, data: bytes, labels: Mapping[str, str]) -> str:
+        """The secret ``name`` (names carry a content hash, so an existing one holds the same data)."""
+        with translated(f"creating secret {name}"):
+            existing = self._client.secrets.list(filters={"name": name})
+            for secret in existing:
+                if secret.name == name:
+                    return str(secret.id)
+            created = self._client.secrets.create(name=name, data=data, labels=dict(labels))
+            return str(created.id)
+
+    def use_secrets(self, service: str, secrets: Mapping[str, tuple[str, str]]) -> None:
+        """Point the service's secret mounts at ``secrets`` (target path → (id, name)); update start-first."""
+        svc = self._service(service)
+        spec = svc.attrs["Spec"]
+        current = spec["TaskTemplate"]["ContainerSpec"].get("Secrets") or []
+        refs = [
+            SecretReference(
+                secret_id=ref["SecretID"],
+                secret_name=ref["SecretName"],
+                filename=ref["File"]["Name"],
+                uid=ref["File"].get("UID", "0"),
+                gid=ref["File"].get("GID", "0"),
+                mode=ref["File"].get("Mode", SECRET_MODE),
+            )
+            for ref in current
+            if ref.get("File", {}).get("Name") not in secrets
+        ]
+        for target, (secret_id, name) in sorted(secrets.items()):
+            refs.append(SecretReference(secret_id=secret_id, secret_name=name, filename=target, mode=SECRET_MODE))
+        update = spec.get("UpdateConfig") or {}
+        # start-first: a new task serves before an old one stops (needs ingress or a VIP, not host ports).
+        config = UpdateConfig(
+            parallelism=update.get("Parallelism", 1),
+            delay=update.get("Delay"),
+            failure_action=update.get("FailureAction", "rollback"),
+            monitor=update.get("Monitor"),
+            max_failure_ratio=update.get("MaxFailureRatio"),
+            order="start-first",
+        )
+        with translated(f"updating {service} to new certificate secrets"):
+            svc.update(secrets=refs, update_config=config)
