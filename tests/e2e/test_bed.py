@@ -74,6 +74,15 @@ def test_crashing_image_rolls_back_to_previous_digest(bed: SwarmBed, unique: str
         assert task["Spec"]["ContainerSpec"]["Image"] == f"{good}@{good_digest}"  # type: ignore[index]
 
 
+def test_global_service_runs_one_task_per_node(bed: SwarmBed, unique: str) -> None:
+    image = bed.make_image(f"bed/{unique}", "1.0.0")
+    service = bed.create_service(unique, image, mode="global")
+    assert "Global" in service.attrs["Spec"]["Mode"]
+    assert len(bed.running_tasks(unique)) == len(bed.client.nodes.list())
+    bed.remove_service(unique)
+    assert unique not in {s.name for s in bed.client.services.list()}
+
+
 def test_a_bed_leaves_no_process_or_dir_behind() -> None:
     """A second, throwaway bed: after stop, its daemons and temp dir are gone."""
     started = time.monotonic()
