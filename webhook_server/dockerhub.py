@@ -29,7 +29,7 @@ class PushData(BaseModel):
     @field_validator("tag")
     @classmethod
     def _docker_tag(cls, value: str) -> str:
-        if not DOCKER_TAG.match(value):
+        if not DOCKER_TAG.fullmatch(value):
             raise ValueError("not a valid Docker tag")
         return value
 

@@ -24,7 +24,7 @@ def parse_duration(value: Any) -> timedelta:
         raise ValueError("expected a duration such as 500ms, 5s, 2m or 1h")
     if isinstance(value, int | float):
         seconds = float(value)
-    elif isinstance(value, str) and _NUMBER.match(value.strip()):
+    elif isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
         seconds = float(value.strip())  # bare numbers are seconds, also from the environment
     elif isinstance(value, str) and value.strip():
         text = value.strip().replace(" ", "")

@@ -44,7 +44,7 @@ class VersionRange:
     def parse(cls, text: str) -> VersionRange:
         comparators = []
         for part in (p.strip() for p in text.split(",")):
-            match = _COMPARATOR.match(part)
+            match = _COMPARATOR.fullmatch(part)
             if not match:
                 raise ValueError(f"{part!r} is not a version comparator: use forms like >=1.2, <2, ==1.4.0, !=1.3.1")
             op, version = match.group(1) or "==", match.group(2)
