@@ -214,7 +214,7 @@ def test_cli_failed_validation_exits_1_and_reloads_nothing(fake: FakeSwarm) -> N
     fake.bad["c1"] = "nginx: [emerg] cannot load certificate"
     result = CliRunner().invoke(commands.reload_proxy, [])
     assert result.exit_code == 1
-    assert result.stderr.startswith("error: nginx -t failed in task t1 of nginx; nothing was reloaded")
+    assert result.stderr.startswith("webhook-server: nginx -t failed in task t1 of nginx; nothing was reloaded")
     assert "cannot load certificate" in result.stderr
     assert ("hup", "c1") not in fake.calls
 

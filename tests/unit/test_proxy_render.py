@@ -198,7 +198,7 @@ def test_cli_user_errors_exit_2_without_traceback(tmp_path: Path, proxy: str, ar
     result = CliRunner().invoke(render_nginx, ["--rules", str(_rules(tmp_path, proxy)), *args])
     assert result.exit_code == 2
     assert message in result.stderr
-    assert result.stderr.startswith("error: ")
+    assert result.stderr.startswith("webhook-server: ")
     assert "Traceback" not in result.output
     assert result.stdout == ""
     assert result.exception is None or isinstance(result.exception, SystemExit)

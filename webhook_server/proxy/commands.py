@@ -1,6 +1,6 @@
 """``webhook-server render-nginx`` and ``webhook-server reload-proxy`` (registered by ``cli``).
 
-A user's mistake (a bad rules file, no ``proxy:`` section, an unwritable output) ends as one ``error:``
+A user's mistake (a bad rules file, no ``proxy:`` section, an unwritable output) ends as one ``webhook-server:``
 message and exit code 2, never a traceback.
 """
 
@@ -30,7 +30,7 @@ class UserError(click.ClickException):
     exit_code = USER_ERROR
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"error: {self.format_message()}", file=file, err=file is None)
+        click.echo(f"webhook-server: {self.format_message()}", file=file, err=file is None)
 
 
 class Failure(UserError):

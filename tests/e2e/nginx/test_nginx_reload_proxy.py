@@ -213,7 +213,7 @@ def test_reload_proxy_reloads_nothing_when_nginx_t_fails(proxy_service: ProxySer
 
     code, out, err = reload_cli(bed, "--service", svc.name)
     assert code == 1
-    assert err.startswith(f"error: nginx -t failed in task {next(iter(before))} of {svc.name}; nothing was reloaded")
+    assert err.startswith(f"webhook-server: nginx -t failed in task {next(iter(before))} of {svc.name}; nothing was reloaded")
     assert 'unknown directive "no_such_directive"' in err
     assert out == ""
     time.sleep(1)
@@ -225,7 +225,7 @@ def test_reload_proxy_reloads_nothing_when_nginx_t_fails(proxy_service: ProxySer
 def test_unknown_service(bed: SwarmBed) -> None:
     code, _, err = reload_cli(bed, "--service", "no-such-nginx")
     assert code == 2
-    assert err == "error: service 'no-such-nginx' does not exist in the swarm\n"
+    assert err == "webhook-server: service 'no-such-nginx' does not exist in the swarm\n"
 
 
 def test_force_update_replaces_the_tasks(proxy_service: ProxyService) -> None:
