@@ -10,17 +10,25 @@ ARG BASE=python:3.11-slim-bookworm
 FROM ${BASE}
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+# build-ca.pem is optional: a build behind an intercepting proxy puts that proxy's CA bundle in the context
+# under this name and passes --build-arg PIP_CERT=/app/build-ca.pem.
+COPY pyproject.toml README.md build-ca.pe[m] ./
 COPY webhook_server ./webhook_server
-RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir . && rm -rf /root/.cache
+ARG PIP_CERT=""
+RUN if [ -z "$PIP_CERT" ]; then unset PIP_CERT; fi \
+ && python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir . \
+ && rm -rf /root/.cache /app/build-ca.pem
 COPY deploy_rules.yaml /etc/webhook-server/deploy_rules.yaml
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    WEBHOOK_BIND=0.0.0.0:9000 \
     WEBHOOK_RULES=/etc/webhook-server/deploy_rules.yaml \
     WEBHOOK_DB=/state/webhook.sqlite3
 VOLUME /state
 EXPOSE 9000
-HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
-    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9000/healthz', timeout=2)"]
-CMD ["webhook-server", "serve", "--bind", "0.0.0.0:9000"]
+# Asks the port `serve` listens on (WEBHOOK_BIND), so a service that changes it stays healthy.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python3", "-c", "import os, urllib.request; h, _, p = os.environ['WEBHOOK_BIND'].rpartition(':'); h = '127.0.0.1' if h in ('', '0.0.0.0', '[::]') else h; urllib.request.urlopen(f'http://{h}:{p}/healthz', timeout=2)"]
+CMD ["webhook-server", "serve"]

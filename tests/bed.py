@@ -451,6 +451,40 @@ def _tail(path: Path, lines: int = 5) -> str:
     return ""
 
 
+DEBIAN_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
+ROOTFS_TRIM = ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info", "var/cache/apt",
+               "var/lib/apt/lists")  # fmt: skip
+
+
+class RootfsUnavailable(RuntimeError):
+    pass
+
+
+def debian_mirror() -> str:
+    """The mirror apt uses here (debootstrap needs one), from deb822 sources."""
+    with contextlib.suppress(OSError):
+        for line in DEBIAN_SOURCES.read_text().splitlines():
+            if line.startswith("URIs:"):
+                return line.split()[1]
+    return "http://deb.debian.org/debian"
+
+
+def debootstrap(dest: Path, *, suite: str, include: str) -> Path:
+    """A minbase Debian rootfs with ``include`` (comma-separated packages), trimmed of docs and apt lists."""
+    if os.geteuid() != 0:
+        raise RootfsUnavailable("debootstrap and chroot need root")
+    if shutil.which("debootstrap") is None:
+        raise RootfsUnavailable("missing debootstrap (apt-get install debootstrap)")
+    cmd = ["debootstrap", "--variant=minbase", f"--include={include}", suite, str(dest), debian_mirror()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
+        raise RootfsUnavailable(f"debootstrap {suite} failed ({proc.returncode}): {tail}")
+    for sub in ROOTFS_TRIM:
+        shutil.rmtree(dest / sub, ignore_errors=True)
+    return dest
+
+
 @contextlib.contextmanager
 def running_bed() -> Iterator[SwarmBed]:
     bed = start_bed()

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.bed import alive, bed_required, free_port, stop_process, wait_for
+from tests.bed import alive, bed_required, debootstrap, free_port, stop_process, wait_for
 from webhook_server.proxy.config import ProxyConfig
 from webhook_server.proxy.render import render_nginx_conf
 
@@ -496,13 +496,10 @@ def removed_after(path: Path) -> Iterator[Path]:
 
 # ---- versions, and a Debian rootfs with another nginx ------------------------------------------------
 
-DEBIAN_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 ROOTFS_SUITE, ROOTFS_PACKAGE = "trixie", "nginx"  # nginx 1.26 with OpenSSL 3.5: the "modern" syntax branch
+
+
 # Left out of the rootfs: not needed to run nginx, and a quarter of its size.
-ROOTFS_TRIM = ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info", "var/cache/apt",
-               "var/lib/apt/lists")  # fmt: skip
-
-
 @dataclass(frozen=True)
 class NginxBuild:
     nginx: tuple[int, int, int]
@@ -525,21 +522,6 @@ def local_nginx_build() -> NginxBuild:
     return parse_nginx_v(out.stderr + out.stdout)
 
 
-def debian_mirror() -> str:
-    """The mirror apt uses here (debootstrap needs one), from deb822 sources."""
-    try:
-        for line in DEBIAN_SOURCES.read_text().splitlines():
-            if line.startswith("URIs:"):
-                return line.split()[1]
-    except OSError:
-        pass
-    return "http://deb.debian.org/debian"
-
-
-class RootfsUnavailable(RuntimeError):
-    pass
-
-
 @dataclass
 class Rootfs:
     """A Debian rootfs with nginx: ``nginx -t`` runs in it by chroot, and it becomes the Swarm test image."""
@@ -556,16 +538,6 @@ class Rootfs:
 
 
 def debootstrap_nginx(dest: Path, *, suite: str = ROOTFS_SUITE, package: str = ROOTFS_PACKAGE) -> Rootfs:
-    if os.geteuid() != 0:
-        raise RootfsUnavailable("debootstrap and chroot need root")
-    if shutil.which("debootstrap") is None:
-        raise RootfsUnavailable("missing debootstrap (apt-get install debootstrap)")
-    cmd = ["debootstrap", "--variant=minbase", f"--include={package}", suite, str(dest), debian_mirror()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
-        raise RootfsUnavailable(f"debootstrap {suite} failed ({proc.returncode}): {tail}")
-    for sub in ROOTFS_TRIM:
-        shutil.rmtree(dest / sub, ignore_errors=True)
+    debootstrap(dest, suite=suite, include=package)
     out = subprocess.run(["chroot", str(dest), "nginx", "-V"], capture_output=True, text=True, check=True)
     return Rootfs(dest, parse_nginx_v(out.stderr))

@@ -50,7 +50,13 @@ def _settings() -> Settings:
 
 # ---- serve -----------------------------------------------------------------------------------
 @main.command()
-@click.option("--bind", default=DEFAULT_BIND, show_default=True, help="HOST:PORT to listen on.")
+@click.option(
+    "--bind",
+    default=DEFAULT_BIND,
+    show_default=True,
+    envvar="WEBHOOK_BIND",
+    help="HOST:PORT to listen on (env WEBHOOK_BIND).",
+)
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256))
 def serve(bind: str, workers: int, threads: int) -> None:

@@ -213,7 +213,9 @@ def test_reload_proxy_reloads_nothing_when_nginx_t_fails(proxy_service: ProxySer
 
     code, out, err = reload_cli(bed, "--service", svc.name)
     assert code == 1
-    assert err.startswith(f"webhook-server: nginx -t failed in task {next(iter(before))} of {svc.name}; nothing was reloaded")
+    assert err.startswith(
+        f"webhook-server: nginx -t failed in task {next(iter(before))} of {svc.name}; nothing was reloaded"
+    )
     assert 'unknown directive "no_such_directive"' in err
     assert out == ""
     time.sleep(1)
