@@ -83,7 +83,6 @@ class FakeSwarm:
             update_state="updating",
             update_message="update in progress",
             update_started_at=started,
-            previous_image=before.image,
         )
         if image_ref in self.crashing:
             cause = "update rolled back due to failure or early termination of task abc"

@@ -32,7 +32,6 @@ class ServiceState:
     update_state: str | None = None
     update_message: str | None = None
     update_started_at: str | None = None
-    previous_image: str | None = None
 
     @property
     def digest(self) -> str | None:
@@ -117,12 +116,6 @@ class SwarmServices:
             log.info("service %s: update to %s started", service, image_ref)
             return before
 
-    def running_images(self, service: str) -> list[str]:
-        """The image of every task Swarm wants running (to verify a completed rollout)."""
-        with self._talking(f"list tasks of {service}"):
-            tasks = self._get(service).tasks({"desired-state": "running"})
-            return [str(t["Spec"]["ContainerSpec"]["Image"]) for t in tasks]
-
     def _get(self, service: str) -> docker.models.services.Service:
         try:
             return self._docker().services.get(service)
@@ -133,7 +126,6 @@ class SwarmServices:
 def _state(model: docker.models.services.Service) -> ServiceState:
     attrs = model.attrs
     status = attrs.get("UpdateStatus") or {}
-    previous = (attrs.get("PreviousSpec") or {}).get("TaskTemplate", {}).get("ContainerSpec", {})
     return ServiceState(
         name=attrs["Spec"]["Name"],
         id=model.id,
@@ -142,5 +134,4 @@ def _state(model: docker.models.services.Service) -> ServiceState:
         update_state=status.get("State"),
         update_message=status.get("Message"),
         update_started_at=status.get("StartedAt"),
-        previous_image=previous.get("Image"),
     )
