@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.bed import bed_required, free_port, stop_process
+from tests.bed import RootfsUnavailable, bed_required, free_port, stop_process
 from tests.nginx_bed import (
     Nginx,
     Recorder,
     Rootfs,
-    RootfsUnavailable,
     debootstrap_nginx,
     make_dir,
     prepare_prefix,
