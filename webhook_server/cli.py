@@ -111,7 +111,7 @@ def deploy(service: str, tag: str, wait: bool, dry_run: bool) -> None:
         click.echo(f"{service} runs {state.image}")
         if refusal:
             click.echo(f"would skip: {refusal}")
-        elif state.digest == digest:
+        elif state.runs(f"{plan.image}:{plan.tag}@{digest}"):
             click.echo(f"would skip: already runs {digest}")
         else:
             click.echo(f"would update to {plan.image}:{plan.tag}@{digest}")
@@ -137,8 +137,7 @@ def _run_or_wait(
         finally:
             lock.release()
     elif wait:
-        while not journal.get(dep.id).done:
-            time.sleep(0.5)
+        return journal.wait_done(dep.id, interval=0.5)
     return journal.get(dep.id)
 
 

@@ -206,7 +206,7 @@ class Executor:
                 return None
             target = f"{dep.image}:{dep.tag}@{self._swarm.resolve_digest(dep.image, dep.tag)}"
         digest = target.partition("@")[2] or None
-        if state.image == target or (digest is not None and state.digest == digest):
+        if state.runs(target):
             self._journal.update(dep.id, image_ref=target, digest=digest, previous_image=state.image)
             self._finish(dep, "skipped", f"{dep.service} already runs {state.image}")
             return None

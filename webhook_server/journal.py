@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -221,6 +222,15 @@ class Journal:
         if row is None:
             raise DeploymentNotFound(f"no deployment with id {deployment_id}")
         return Deployment(**dict(row))
+
+    def wait_done(self, deployment_id: int, *, timeout: float | None = None, interval: float = 0.25) -> Deployment:
+        """Poll until the deployment reaches a final state (or ``timeout`` passes); return it as it is then."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            dep = self.get(deployment_id)
+            if dep.done or (deadline is not None and time.monotonic() > deadline):
+                return dep
+            time.sleep(interval)
 
     def find(self, *, service: str | None = None, state: str | None = None, limit: int = 50) -> list[Deployment]:
         query, args = "SELECT * FROM deployments WHERE 1=1", []

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import time
 from typing import Any
 
 from flask import Blueprint, Flask, Response, abort, jsonify, request
@@ -126,14 +125,15 @@ def _wait_flag() -> bool:
     return request.args.get("wait", "").lower() in ("1", "true", "yes")
 
 
-def _wait_for(ids: list[int], timeout: float) -> list[Deployment]:
-    journal = services().journal
-    deadline = time.monotonic() + timeout
-    while True:
-        current = [journal.get(i) for i in ids]
-        if all(d.done for d in current) or time.monotonic() > deadline:
-            return current
-        time.sleep(0.25)
+def _accepted(dep: Deployment, **extra: Any) -> tuple[Response, int]:
+    """202 with the new deployment, or with ?wait=true the deployment once it has finished."""
+    ctx = services()
+    ctx.executor.wake()
+    if not _wait_flag():
+        return jsonify(status="accepted", **extra, deployments=[_summary(dep)]), 202
+    rule = ctx.rules.current().get(dep.service)
+    timeout = (rule.timeout.total_seconds() if rule else 0) + WAIT_MARGIN_SECONDS
+    return jsonify(_public(ctx.journal.wait_done(dep.id, timeout=timeout), transitions=True)), 200
 
 
 @api.post("/deployments")
@@ -144,7 +144,6 @@ def create_deployment() -> tuple[Response, int]:
     plan = plan_manual(service=wanted.service, tag=wanted.tag, rules=rules)
     record = PushRecord(trigger="manual", repository=plan.repository, tag=plan.tag, client=request.remote_addr)
     [dep] = ctx.journal.accept(record, [plan])
-    ctx.executor.wake()
     log.info(
         "manual deployment %s of %s:%s to %s requested from %s",
         dep.id,
@@ -153,12 +152,7 @@ def create_deployment() -> tuple[Response, int]:
         plan.service,
         request.remote_addr,
     )
-    if _wait_flag():
-        rule = rules.get(plan.service)
-        assert rule is not None
-        [dep] = _wait_for([dep.id], rule.timeout.total_seconds() + WAIT_MARGIN_SECONDS)
-        return jsonify(_public(dep, transitions=True)), 200
-    return jsonify(status="accepted", deployments=[_summary(dep)]), 202
+    return _accepted(dep)
 
 
 class RollbackRequest(BaseModel):
@@ -178,7 +172,6 @@ def rollback_service(service: str) -> tuple[Response, int]:
     )
     record = PushRecord(trigger="rollback", repository=plan.repository, tag=plan.tag, client=request.remote_addr)
     [dep] = ctx.journal.accept(record, [plan], pinned_ref=target.image_ref)
-    ctx.executor.wake()
     log.info(
         "rollback %s of %s to deployment %s (%s) requested from %s",
         dep.id,
@@ -187,12 +180,7 @@ def rollback_service(service: str) -> tuple[Response, int]:
         target.image_ref,
         request.remote_addr,
     )
-    if _wait_flag():
-        rule = ctx.rules.current().get(service)
-        assert rule is not None
-        [dep] = _wait_for([dep.id], rule.timeout.total_seconds() + WAIT_MARGIN_SECONDS)
-        return jsonify(_public(dep, transitions=True)), 200
-    return jsonify(status="accepted", rollback_to=target.id, deployments=[_summary(dep)]), 202
+    return _accepted(dep, rollback_to=target.id)
 
 
 @api.get("/deployments")

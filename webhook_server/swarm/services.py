@@ -37,6 +37,11 @@ class ServiceState:
     def digest(self) -> str | None:
         return ImageRef.parse(self.image).digest
 
+    def runs(self, target: str) -> bool:
+        """Whether the service already runs ``target`` (the same reference, or the same digest)."""
+        digest = ImageRef.parse(target).digest
+        return self.image == target or (digest is not None and self.digest == digest)
+
 
 def _nanoseconds(value: timedelta) -> int:
     return int(value.total_seconds() * 1_000_000_000)
