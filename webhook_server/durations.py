@@ -7,7 +7,7 @@ import re
 from datetime import timedelta
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import AfterValidator, BeforeValidator, PlainSerializer
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -46,15 +46,59 @@ def parse_duration(value: Any) -> timedelta:
 
 
 def format_duration(value: timedelta) -> str:
-    seconds = value.total_seconds()
-    if seconds and seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    return f"{seconds:g}s"
+    """Write a duration as the rules do (``10s``, ``1m30s``, ``500ms``, ``2h``, ``0s``): the inverse of
+    :func:`parse_duration`, so that what a message or ``check-rules`` shows can be pasted back into a file."""
+    if value < timedelta(0):
+        # Never parsed from a file, but a difference of two times can be negative; say so rather than lie.
+        return "-" + format_duration(-value)
+    # Integer microseconds: float seconds would print 0.1s as 0.09999999999999999s after arithmetic.
+    micros = (value.days * 86400 + value.seconds) * 1_000_000 + value.microseconds
+    hours, micros = divmod(micros, 3_600_000_000)
+    minutes, micros = divmod(micros, 60_000_000)
+    seconds, micros = divmod(micros, 1_000_000)
+    parts = [f"{hours}h"] if hours else []
+    if minutes:
+        parts.append(f"{minutes}m")
+    if seconds or (micros and parts):
+        parts.append(f"{seconds}{_fraction(micros)}s")
+    elif micros:
+        millis, rest = divmod(micros, 1000)
+        parts.append(f"{millis}{_fraction(rest * 1000)}ms")
+    return "".join(parts) or "0s"
+
+
+def _fraction(micros: int) -> str:
+    """'.5' for 500000 microseconds; '' for none."""
+    return f".{micros:06d}".rstrip("0") if micros else ""
+
+
+class WrittenDuration(timedelta):
+    """A timedelta whose ``str()`` is written as in the rules (``10s``, not ``0:00:10``).
+
+    Every duration read from the rules or settings is one, so a message that interpolates it
+    (``f"no outcome within {rule.timeout}"``) speaks the file's language without each caller formatting it.
+    Arithmetic gives back a plain timedelta, as for any timedelta subclass.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, value: timedelta) -> WrittenDuration:
+        return value if isinstance(value, WrittenDuration) else cls(value.days, value.seconds, value.microseconds)
+
+    def __str__(self) -> str:
+        return format_duration(self)
+
+
+def duration(**kwargs: float) -> WrittenDuration:
+    """``timedelta(**kwargs)`` as a :class:`WrittenDuration`, for defaults in models."""
+    return WrittenDuration.of(timedelta(**kwargs))
 
 
 Duration = Annotated[
     timedelta,
     BeforeValidator(parse_duration),
+    AfterValidator(WrittenDuration.of),
     # Text only in JSON; in Python the value stays a timedelta, so model_dump/model_copy keep the type.
     PlainSerializer(format_duration, return_type=str, when_used="json"),
 ]

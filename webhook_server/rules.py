@@ -11,14 +11,13 @@ import logging
 import re
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from webhook_server.durations import Duration
+from webhook_server.durations import Duration, duration
 from webhook_server.errors import RulesError
 from webhook_server.proxy.config import ProxyConfig
 from webhook_server.versions import Policy, VersionRange, parse_tag_version
@@ -111,10 +110,10 @@ class UpdateSettings(BaseModel):
     model_config = _FROZEN
 
     parallelism: int = Field(default=1, ge=0)
-    delay: Duration = timedelta(seconds=5)
+    delay: Duration = duration(seconds=5)
     order: Literal["start-first", "stop-first"] = "start-first"
     failure_action: Literal["rollback", "pause", "continue"] = "rollback"
-    monitor: Duration = timedelta(seconds=15)
+    monitor: Duration = duration(seconds=15)
     max_failure_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
@@ -133,7 +132,7 @@ class Defaults(BaseModel):
     model_config = _FROZEN
 
     update: UpdateSettings = UpdateSettings()
-    timeout: Duration = timedelta(minutes=5)
+    timeout: Duration = duration(minutes=5)
 
 
 class ServiceEntry(BaseModel):
@@ -180,7 +179,7 @@ class Rule(BaseModel):
     tags: TagFilter
     policy: Policy | None
     update: UpdateSettings
-    timeout: timedelta
+    timeout: Duration
 
     @property
     def is_semver(self) -> bool:

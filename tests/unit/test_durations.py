@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from webhook_server.durations import Duration, format_duration, parse_duration
+from webhook_server.durations import Duration, WrittenDuration, format_duration, parse_duration
 
 FORMS = "use forms like 500ms, 5s, 2m, 1h or 1m30s"
 NOT_A_DURATION = "expected a duration such as 500ms, 5s, 2m or 1h"
@@ -68,21 +69,58 @@ def test_parse_out_of_range_is_a_value_error(value: Any) -> None:
         parse_duration(value)
 
 
+# (value, how the rules write it): format_duration is the parser's inverse, so every row also round-trips.
 FORMATTED = [
     (timedelta(0), "0s"),
     (timedelta(milliseconds=500), "500ms"),
     (timedelta(milliseconds=1), "1ms"),
+    (timedelta(microseconds=1500), "1.5ms"),
+    (timedelta(microseconds=1), "0.001ms"),
     (timedelta(seconds=1), "1s"),
+    (timedelta(seconds=10), "10s"),
     (timedelta(seconds=1.5), "1.5s"),
-    (timedelta(minutes=2), "120s"),
-    (timedelta(hours=1), "3600s"),
+    (timedelta(seconds=0.1) * 3, "300ms"),  # arithmetic does not leak float noise into the text
+    (timedelta(seconds=59), "59s"),
+    (timedelta(minutes=1), "1m"),
+    (timedelta(minutes=1, seconds=30), "1m30s"),
+    (timedelta(minutes=2), "2m"),
+    (timedelta(minutes=1, milliseconds=500), "1m0.5s"),
+    (timedelta(hours=1), "1h"),
+    (timedelta(hours=2), "2h"),
+    (timedelta(hours=1, minutes=30), "1h30m"),
+    (timedelta(hours=1, seconds=5), "1h5s"),
+    (timedelta(hours=1, minutes=2, seconds=3, milliseconds=4), "1h2m3.004s"),
+    (timedelta(days=2), "48h"),  # the rules have no day unit
+    (timedelta(days=365), "8760h"),
+    (timedelta(days=364, microseconds=1), "8736h0.000001s"),  # microseconds survive the float sum
 ]
 
 
 @pytest.mark.parametrize(("value", "text"), FORMATTED, ids=[t for _, t in FORMATTED])
-def test_format(value: timedelta, text: str) -> None:
+def test_format_round_trips(value: timedelta, text: str) -> None:
     assert format_duration(value) == text
     assert parse_duration(text) == value  # what is written back reads the same
+
+
+def test_format_negative_says_so() -> None:
+    assert format_duration(timedelta(seconds=-90)) == "-1m30s"
+
+
+PARSED_STR = [("5s", "5s"), ("90s", "1m30s"), ("0.5", "500ms"), (120, "2m"), (timedelta(hours=1), "1h")]
+
+
+@pytest.mark.parametrize(("value", "text"), PARSED_STR, ids=[str(v) for v, _ in PARSED_STR])
+def test_parsed_durations_print_as_the_rules_write_them(value: Any, text: str) -> None:
+    d = _Model.model_validate({"d": value}).d
+    assert (str(d), f"within {d}") == (text, f"within {text}")
+    assert isinstance(d, WrittenDuration) and d == parse_duration(value)
+
+
+def test_written_duration_pickles_and_compares() -> None:
+    d = WrittenDuration.of(timedelta(seconds=90))
+    again = pickle.loads(pickle.dumps(d))
+    assert (type(again), again, str(again)) == (WrittenDuration, timedelta(seconds=90), "1m30s")
+    assert str(d + timedelta(seconds=1)) == "0:01:31"  # arithmetic is plain timedelta's, as documented
 
 
 class _Model(BaseModel):
@@ -93,7 +131,7 @@ def test_annotated_type_validates_and_serialises() -> None:
     m = _Model.model_validate({"d": "1m30s"})
     assert m.d == timedelta(seconds=90)
     assert m.model_dump() == {"d": timedelta(seconds=90)}  # stays typed in Python (model_copy relies on it)
-    assert m.model_dump_json() == '{"d":"90s"}'
+    assert m.model_dump_json() == '{"d":"1m30s"}'
 
 
 def test_annotated_type_reports_the_parse_message() -> None:

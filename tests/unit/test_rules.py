@@ -449,3 +449,19 @@ def test_rules_source_recovers_after_the_file_disappears(tmp_path: Path) -> None
 
     _write(path, {"two": _svc()}, mtime=1_000_100)
     assert (list(source.current().rules), source.error) == (["two"], None)
+
+
+# ---- durations print as the rules write them --------------------------------------------------
+DURATION_TEXT = [
+    ({}, {}, ("5s", "15s", "5m")),  # built-in defaults
+    ({"update": {"delay": "90s", "monitor": "0.5"}, "timeout": "120s"}, {}, ("1m30s", "500ms", "2m")),
+    ({"timeout": "1h"}, {"update": {"monitor": "1m30s"}, "timeout": "10m"}, ("5s", "1m30s", "10m")),
+]
+
+
+@pytest.mark.parametrize(("defaults", "entry", "texts"), DURATION_TEXT, ids=["builtin", "defaults", "overrides"])
+def test_rule_durations_print_as_written(
+    defaults: dict[str, Any], entry: dict[str, Any], texts: tuple[str, str, str]
+) -> None:
+    rule = rules_of({"api": {"repository": "acme/api", "tags": "latest", **entry}}, defaults=defaults).rules["api"]
+    assert (str(rule.update.delay), str(rule.update.monitor), f"{rule.timeout}") == texts
