@@ -309,19 +309,30 @@ def _duplicate_keys(node: yaml.Node | None, path: str = "") -> Iterator[str]:
 class RulesSource:
     """The rules file as the server sees it: reloaded when it changes, the last good version kept.
 
-    An edit that breaks the file never stops deployments already possible; ``error`` says what is wrong
-    (and /readyz reports it) until the file is fixed.
+    Constructing one never raises: a gunicorn worker that a broken file stopped from booting would make
+    gunicorn halt the whole server (WORKER_BOOT_ERROR). Instead the source starts on ``fallback`` (the last
+    good rules its caller has, e.g. those the master loaded at start) or on no rules at all, and ``error``
+    says what is wrong (``/readyz`` reports it) until the file is fixed. An edit that breaks the file later
+    never stops deployments already possible either.
     """
 
-    def __init__(self, path: Path | str, *, initial: RuleSet | None = None) -> None:
+    def __init__(self, path: Path | str, *, fallback: RuleSet | None = None) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._mtime: float | None = None
-        self._rules: RuleSet | None = initial
-        self.error: str | None = None
+        # Stat before reading: an edit landing between the two is then seen as a change and read again.
         self._mtime = self._stat()
-        if initial is None:
-            self._rules = load_rules(self.path)
+        self._rules: RuleSet | None = fallback
+        self.error: str | None = None
+        if not self._load():
+            kept = "the rules loaded at start" if fallback is not None else "no rules"
+            _log.error("serving with %s until the file is fixed: %s", kept, self.error)
+
+    @property
+    def loaded(self) -> bool:
+        """False while running on no rules at all (the file never loaded and there was no fallback).
+
+        Like ``error``, it reflects the last :meth:`current` call, which is what re-reads a changed file."""
+        return self._rules is not None
 
     def _stat(self) -> float | None:
         try:
@@ -329,17 +340,34 @@ class RulesSource:
         except OSError:
             return None
 
+    def _load(self) -> bool:
+        """Read the file; on success it becomes the rules in force, else ``error`` says why."""
+        try:
+            rules = load_rules(self.path)
+        except RulesError as e:
+            self.error = e.message
+            return False
+        except Exception as e:
+            # load_rules turns every known problem into RulesError; anything else is a bug in this module,
+            # and it must cost a reload, not a worker or a request.
+            _log.exception("unexpected error loading %s", self.path)
+            self.error = RulesError(str(self.path), [f"cannot load: {type(e).__name__}: {e}"]).message
+            return False
+        self._rules, self.error = rules, None
+        return True
+
     def current(self) -> RuleSet:
+        """The rules in force, re-reading the file first if it changed; empty when none ever loaded."""
         with self._lock:
             mtime = self._stat()
             if mtime != self._mtime:
                 self._mtime = mtime
-                try:
-                    self._rules = load_rules(self.path)
-                    self.error = None
+                if self._load():
                     _log.info("reloaded %s", self.path)
-                except RulesError as e:
-                    self.error = e.message
-                    _log.error("keeping the previous rules: %s", e.message)
-            assert self._rules is not None
-            return self._rules
+                else:
+                    kept = "keeping the previous rules" if self._rules is not None else "still no rules"
+                    _log.error("%s: %s", kept, self.error)
+            return self._rules if self._rules is not None else _NO_RULES
+
+
+_NO_RULES = RuleSet(rules={})

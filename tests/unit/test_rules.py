@@ -12,7 +12,15 @@ import pytest
 import yaml
 
 from webhook_server.errors import RulesError
-from webhook_server.rules import RuleSet, RulesSource, TagFilter, UpdateSettings, load_rules, parse_rules
+from webhook_server.rules import (
+    RuleSet,
+    RulesFile,
+    RulesSource,
+    TagFilter,
+    UpdateSettings,
+    load_rules,
+    parse_rules,
+)
 
 SHIPPED = Path(__file__).resolve().parents[2] / "deploy_rules.yaml"
 FORMS = "use forms like 500ms, 5s, 2m, 1h or 1m30s"
@@ -407,18 +415,23 @@ def _svc(tags: str = "latest") -> dict[str, Any]:
     return {"repository": "acme/api", "tags": tags}
 
 
+def seen(source: RulesSource) -> tuple[list[str], str | None, bool]:
+    """What a request would see; a function so that mypy does not narrow ``error`` across reloads."""
+    return list(source.current().rules), source.error, source.loaded
+
+
 def test_rules_source_reloads_and_keeps_last_good(tmp_path: Path) -> None:
     path = tmp_path / "rules.yaml"
     _write(path, {"one": _svc()}, mtime=1_000_000)
     source = RulesSource(path)
-    assert (list(source.current().rules), source.error) == (["one"], None)
+    assert seen(source) == (["one"], None, True)
 
     # Changed content with the same mtime is not noticed: reloading is driven by mtime.
     _write(path, {"two": _svc()}, mtime=1_000_000)
     assert list(source.current().rules) == ["one"]
 
     os.utime(path, (1_000_100, 1_000_100))
-    assert (list(source.current().rules), source.error) == (["two"], None)
+    assert seen(source) == (["two"], None, True)
 
     path.write_text("services:\n  two:\n    repository: acme/api\n    tags: latest\n    colour: red\n")
     os.utime(path, (1_000_200, 1_000_200))
@@ -428,15 +441,65 @@ def test_rules_source_reloads_and_keeps_last_good(tmp_path: Path) -> None:
     assert source.current() is kept  # asking again does not re-read the broken file
 
     _write(path, {"three": _svc()}, mtime=1_000_300)
-    assert (list(source.current().rules), source.error) == (["three"], None)
+    assert seen(source) == (["three"], None, True)
 
 
-def test_rules_source_refuses_a_broken_file_at_start(tmp_path: Path) -> None:
+FALLBACK = RuleSet.from_file(RulesFile.model_validate({"services": {"old": _svc()}}))
+
+# (what is at the path, the problem it causes): a worker must boot with each of them.
+UNLOADABLE: list[tuple[str, Any, str]] = [
+    ("broken", "services:\n  api:\n    repository: acme/api\n", "line 2: services.api.tags: Field required"),
+    ("missing", None, "cannot read: No such file or directory"),
+    ("directory", "DIR", "cannot read: Is a directory"),
+    ("not-yaml", "services: [\n", "line 2: not valid YAML: expected the node content, but found '<stream end>'"),
+]
+
+
+def _place(path: Path, content: str | None) -> None:
+    if content == "DIR":
+        path.mkdir()
+    elif content is not None:
+        path.write_text(content, encoding="utf-8")
+
+
+@pytest.mark.parametrize("fallback", [None, FALLBACK], ids=["no-fallback", "fallback"])
+@pytest.mark.parametrize(("content", "problem"), [(c, p) for _, c, p in UNLOADABLE], ids=[i for i, _, _ in UNLOADABLE])
+def test_rules_source_starts_whatever_the_file(
+    tmp_path: Path, content: str | None, problem: str, fallback: RuleSet | None
+) -> None:
     path = tmp_path / "rules.yaml"
-    path.write_text("services:\n  api:\n    repository: acme/api\n")
-    with pytest.raises(RulesError) as exc:
-        RulesSource(path)
-    assert exc.value.problems == ["line 2: services.api.tags: Field required"]
+    _place(path, content)
+    source = RulesSource(path, fallback=fallback)
+    assert source.error == f"{path}: 1 error(s)\n  {problem}"
+    assert source.loaded is (fallback is not None)
+    assert source.current() == (fallback or RuleSet(rules={}))
+    assert source.current().for_repository("acme/api") == ([FALLBACK.rules["old"]] if fallback else [])
+
+    # Fixing the file is enough: the next look picks it up and the error goes away.
+    if content == "DIR":
+        path.rmdir()
+    _write(path, {"new": _svc()}, mtime=1_000_000)
+    assert seen(source) == (["new"], None, True)
+
+
+def test_rules_source_prefers_a_good_file_to_the_fallback(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    _write(path, {"one": _svc()}, mtime=1_000_000)
+    source = RulesSource(path, fallback=FALLBACK)
+    assert seen(source) == (["one"], None, True)
+
+
+def test_rules_source_survives_an_unexpected_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "rules.yaml"
+    _write(path, {"one": _svc()}, mtime=1_000_000)
+
+    def explode(_: Path | str) -> RuleSet:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr("webhook_server.rules.load_rules", explode)
+    source = RulesSource(path, fallback=FALLBACK)
+    assert (source.current(), source.loaded) == (FALLBACK, True)
+    assert source.error == f"{path}: 1 error(s)\n  cannot load: RecursionError: maximum recursion depth exceeded"
 
 
 def test_rules_source_recovers_after_the_file_disappears(tmp_path: Path) -> None:
@@ -448,7 +511,7 @@ def test_rules_source_recovers_after_the_file_disappears(tmp_path: Path) -> None
     assert source.error == f"{path}: 1 error(s)\n  cannot read: No such file or directory"
 
     _write(path, {"two": _svc()}, mtime=1_000_100)
-    assert (list(source.current().rules), source.error) == (["two"], None)
+    assert seen(source) == (["two"], None, True)
 
 
 # ---- durations print as the rules write them --------------------------------------------------
