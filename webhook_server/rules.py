@@ -6,6 +6,7 @@ The file is parsed once into frozen models; ``load_rules`` turns every problem i
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import logging
 import re
@@ -17,6 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from webhook_server import problems
 from webhook_server.durations import Duration, duration
 from webhook_server.errors import RulesError
 from webhook_server.proxy.config import ProxyConfig
@@ -50,8 +52,10 @@ class TagFilter(BaseModel):
         kind, sep, rest = value.partition(":")
         if not sep and value == "semver":
             return {"kind": "semver"}
-        if kind == "semver":
+        if kind == "semver" and sep:
             return {"kind": "semver", "pattern": rest, "range": VersionRange.parse(rest)}
+        if kind in ("glob", "regex") and sep and not rest:
+            raise ValueError(f"{value!r} has no pattern after '{kind}:'")
         if kind == "glob" and sep:
             return {"kind": "glob", "pattern": rest}
         if kind == "regex" and sep:
@@ -60,11 +64,9 @@ class TagFilter(BaseModel):
             except re.error as e:
                 raise ValueError(f"invalid regular expression {rest!r}: {e}") from None
             return {"kind": "regex", "pattern": rest}
-        if not DOCKER_TAG.fullmatch(value):
-            raise ValueError(
-                f"{value!r} is neither a Docker tag nor a filter (glob:PATTERN, regex:PATTERN, semver[:RANGE])"
-            )
-        return {"kind": "exact", "pattern": value}
+        if DOCKER_TAG.fullmatch(value) and not _misspelt_semver(value):
+            return {"kind": "exact", "pattern": value}
+        raise ValueError(_not_a_filter(value))
 
     def refusal(self, tag: str) -> str | None:
         """Why this filter does not accept ``tag``, or None when it does."""
@@ -87,6 +89,56 @@ class TagFilter(BaseModel):
         if self.kind == "exact":
             return self.pattern
         return f"{self.kind}:{self.pattern}" if self.pattern else self.kind
+
+
+_FILTER_KINDS = ("glob", "regex", "semver")
+_GLOB_CHARS = frozenset("*?[]")
+
+
+def _misspelt_semver(value: str) -> bool:
+    """Whether a value that is a valid Docker tag is more likely a misspelt ``semver`` than a tag.
+
+    Taking it as an exact tag would silently deploy nothing. Real tags must stay accepted, so only values
+    that start like the keyword count ("Semver", "semvr", "semver2", "semvar"), not every near word
+    ("server" is a plausible tag one substitution away). ``glob:semvr`` deploys such a tag if it is meant.
+    """
+    low = value.lower()
+    if low == "semver":
+        return value != "semver"
+    if low.startswith("semver"):
+        return True
+    return low.startswith("sem") and difflib.SequenceMatcher(None, low, "semver").ratio() >= 0.8
+
+
+def _not_a_filter(value: str) -> str:
+    """Why ``value`` is refused, with the filter it most likely means."""
+    kind, sep, rest = value.partition(":")
+    suggestion: str | None = None
+    if sep:
+        # Docker tags cannot contain ':', so this was meant as KIND:PATTERN.
+        close = difflib.get_close_matches(kind.lower(), _FILTER_KINDS, n=1, cutoff=0.6)
+        suggestion = f"{close[0]}:{rest}" if close else None
+    else:
+        low = value.lower()
+        keyword = next((k for k in _FILTER_KINDS if low.startswith(k)), None)
+        if keyword is not None and keyword != low:
+            rest = value[len(keyword) :]
+            if keyword == "semver" and rest[:1] not in ("", "<", ">", "=", "!"):
+                suggestion = "semver"
+            else:
+                suggestion = f"{keyword}:{rest}" if rest else keyword
+        elif low == "semver" or _misspelt_semver(value):
+            suggestion = "semver"
+        elif _GLOB_CHARS & set(value):
+            suggestion = f"glob:{value}"
+    if suggestion is not None and DOCKER_TAG.fullmatch(value):
+        return (
+            f"{value!r} looks like a misspelt filter — did you mean {suggestion!r}? "
+            f"(for the tag {value!r} itself, write 'glob:{value}')"
+        )
+    if suggestion is not None:
+        return f"{value!r} is not a tag filter — did you mean {suggestion!r}?"
+    return f"{value!r} is neither a Docker tag nor a filter (glob:PATTERN, regex:PATTERN, semver[:RANGE])"
 
 
 TagFilterField = Annotated[TagFilter, BeforeValidator(TagFilter.parse)]
@@ -226,13 +278,29 @@ def load_rules(path: Path | str) -> RuleSet:
     """Read and validate a rules file; raise RulesError listing every located problem."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as e:
-        raise RulesError(str(path), [f"cannot read: {e.strerror}"]) from None
+        raise RulesError(str(path), [f"cannot read: {e.strerror or e}"]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise RulesError(
+            str(path), [f"line {line}: not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start}"]
+        ) from None
     return parse_rules(text, source=str(path))
 
 
 def parse_rules(text: str, *, source: str = "<rules>") -> RuleSet:
+    """Validate rules text; raise RulesError listing every located problem."""
+    try:
+        return _parse_rules(text, source)
+    except RecursionError:
+        # PyYAML and pydantic recurse per level: deep nesting or an alias inside itself exhausts the stack.
+        raise RulesError(source, ["nested too deeply, or a YAML alias (*name) refers to itself"]) from None
+
+
+def _parse_rules(text: str, source: str) -> RuleSet:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -240,36 +308,20 @@ def parse_rules(text: str, *, source: str = "<rules>") -> RuleSet:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         raise RulesError(source, [f"{where}not valid YAML: {getattr(e, 'problem', None) or e}"]) from None
-    problems = list(_duplicate_keys(root))
+    found = list(_duplicate_keys(root))
     if not isinstance(data, dict):
-        problems.append("the file must be a mapping with a 'services:' section")
-        raise RulesError(source, problems)
+        found.append("the file must be a mapping with a 'services:' section")
+        raise RulesError(source, found)
     try:
         parsed = RulesFile.model_validate(data)
     except ValidationError as e:
-        for err in e.errors():
-            loc = _model_loc(err["loc"])
+        for loc, text in problems.problems(e, model=RulesFile):
             line = _line_of(root, loc)
             where = f"line {line}: " if line else ""
-            path = ".".join(str(p) for p in loc) or "(top level)"
-            problems.append(f"{where}{path}: {_message(err)}")
-    if problems:
-        raise RulesError(source, problems)
+            found.append(f"{where}{problems.dotted(loc) or '(top level)'}: {text}")
+    if found:
+        raise RulesError(source, found)
     return RuleSet.from_file(parsed)
-
-
-def _message(err: Any) -> str:
-    msg = str(err["msg"])
-    for prefix in ("Value error, ", "Assertion failed, "):
-        msg = msg.removeprefix(prefix)
-    if err["type"] == "extra_forbidden":
-        return "unknown key"
-    return msg
-
-
-def _model_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    # pydantic adds validator names (e.g. "function-before[...]") to locations; they are not file keys.
-    return tuple(p for p in loc if not (isinstance(p, str) and "[" in p and "]" in p))
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:

@@ -24,6 +24,8 @@ from webhook_server.rules import (
 
 SHIPPED = Path(__file__).resolve().parents[2] / "deploy_rules.yaml"
 FORMS = "use forms like 500ms, 5s, 2m, 1h or 1m30s"
+SERVICE_KEYS = "repository, image, tags, policy, update, timeout"
+UPDATE_KEYS = "parallelism, delay, order, failure_action, monitor, max_failure_ratio"
 
 
 def rules_of(services: dict[str, Any], **top: Any) -> RuleSet:
@@ -209,17 +211,17 @@ ERRORS: list[tuple[str, str, list[str]]] = [
     (
         "unknown-service-key",
         HEADER + "    tags: semver\n    colour: red\n",
-        ["line 8: services.api.colour: unknown key"],
+        [f"line 8: services.api.colour: unknown key 'colour' — the keys here are {SERVICE_KEYS}"],
     ),
     (
         "unknown-defaults-key",
         HEADER.replace("  timeout: 5m\n", "  timeout: 5m\n  retries: 3\n") + "    tags: latest\n",
-        ["line 4: defaults.retries: unknown key"],
+        ["line 4: defaults.retries: unknown key 'retries' — the keys here are update, timeout"],
     ),
     (
         "unknown-update-key",
         HEADER + "    tags: latest\n    update:\n      speed: fast\n",
-        ["line 9: services.api.update.speed: unknown key"],
+        [f"line 9: services.api.update.speed: unknown key 'speed' — the keys here are {UPDATE_KEYS}"],
     ),
     (
         "bad-duration",
@@ -234,7 +236,7 @@ ERRORS: list[tuple[str, str, list[str]]] = [
     (
         "bad-policy",
         HEADER + "    tags: semver\n    policy: newest\n",
-        ["line 8: services.api.policy: Input should be 'all', 'major', 'minor' or 'patch'"],
+        ["line 8: services.api.policy: must be 'all', 'major', 'minor' or 'patch'"],
     ),
     (
         "policy-with-non-semver-filter",
@@ -280,7 +282,7 @@ ERRORS: list[tuple[str, str, list[str]]] = [
     (
         "missing-tags",
         HEADER,
-        ["line 5: services.api.tags: Field required"],
+        ["line 5: services.api.tags: is required"],
     ),
     (
         "duplicate-service-key",
@@ -310,11 +312,11 @@ ERRORS: list[tuple[str, str, list[str]]] = [
     ("empty-file", "", ["the file must be a mapping with a 'services:' section"]),
     ("only-comments", "# nothing yet\n", ["the file must be a mapping with a 'services:' section"]),
     ("top-level-list", "- api\n", ["the file must be a mapping with a 'services:' section"]),
-    ("missing-services", "defaults:\n  timeout: 5m\n", ["line 1: services: Field required"]),
+    ("missing-services", "defaults:\n  timeout: 5m\n", ["line 1: services: is required"]),
     (
         "services-not-a-mapping",
         "defaults: {}\nservices:\n  - api\n",
-        ["line 2: services: Input should be a valid dictionary"],
+        ["line 2: services: must be a mapping (key: value)"],
     ),
 ]
 
@@ -365,9 +367,9 @@ def test_several_errors_are_all_reported() -> None:
         parse_rules(textwrap.dedent(text), source="r.yaml")
     expected = [
         "line 11: services.api: duplicate key",
-        "line 2: defaults.update.parallelism: Input should be greater than or equal to 0",
+        "line 2: defaults.update.parallelism: must be at least 0",
         f"line 2: defaults.update.monitor: '5x' is not a duration: {FORMS}",
-        "line 3: defaults.colour: unknown key",
+        "line 3: defaults.colour: unknown key 'colour' — the keys here are update, timeout",
     ]
     # The duplicate's last occurrence is what YAML keeps; the first entry's errors are hidden by it.
     assert exc.value.problems == expected
@@ -380,7 +382,7 @@ def test_several_service_errors_are_all_reported() -> None:
         "line 6: services.api.repository: 'Acme/Api' is not a valid image name (lowercase, no tag or digest)",
         "line 7: services.api.tags: invalid regular expression '(': missing ), unterminated subpattern at position 0",
         f"line 8: services.api.timeout: 'never' is not a duration: {FORMS}",
-        "line 9: services.api.colour: unknown key",
+        f"line 9: services.api.colour: unknown key 'colour' — the keys here are {SERVICE_KEYS}",
     ]
 
 
@@ -398,11 +400,136 @@ def test_mapping_form_of_tags_is_validated(tags: str) -> None:
     assert problem.startswith("line 7: services.api.tags: ")
 
 
-def test_load_rules_missing_file(tmp_path: Path) -> None:
-    path = tmp_path / "absent.yaml"
+UNREADABLE: list[tuple[str, bytes | None, str]] = [
+    ("missing", None, "cannot read: No such file or directory"),
+    ("directory", b"DIR", "cannot read: Is a directory"),
+    ("latin-1", "services:\n  caf\xe9: {}\n".encode("latin-1"), "line 2: not UTF-8 text: byte 0xe9 at offset 15"),
+    ("utf-16", "services: {}\n".encode("utf-16"), "line 1: not UTF-8 text: byte 0xff at offset 0"),
+    ("truncated-utf-8", b"services: {}\n# caf\xc3", "line 2: not UTF-8 text: byte 0xc3 at offset 18"),
+]
+
+
+@pytest.mark.parametrize(("content", "problem"), [(c, p) for _, c, p in UNREADABLE], ids=[i for i, _, _ in UNREADABLE])
+def test_load_rules_unreadable_file_is_one_located_problem(tmp_path: Path, content: bytes | None, problem: str) -> None:
+    path = tmp_path / "rules.yaml"
+    if content == b"DIR":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
     with pytest.raises(RulesError) as exc:
         load_rules(path)
-    assert (exc.value.path, exc.value.problems) == (str(path), ["cannot read: No such file or directory"])
+    assert (exc.value.path, exc.value.problems) == (str(path), [problem])
+
+
+def test_load_rules_accepts_a_utf8_bom(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_bytes("\ufeffservices: {}\n".encode())
+    assert load_rules(path).rules == {}
+
+
+NESTED = ["services: " + "[" * 5000 + "]" * 5000, "loop: &a [*a]\nservices: {}\n"]
+
+
+@pytest.mark.parametrize("text", NESTED, ids=["deep", "self-alias"])
+def test_recursion_is_a_problem_not_a_crash(text: str) -> None:
+    assert problems_of(text) == ["nested too deeply, or a YAML alias (*name) refers to itself"]
+
+
+# ---- unknown keys suggest the nearest known key ------------------------------------------------
+KEY_SUGGESTIONS: list[tuple[str, str, str]] = [
+    (
+        "service",
+        HEADER + "    tags: semver\n    polcy: minor\n",
+        "line 8: services.api.polcy: unknown key 'polcy' — did you mean 'policy'?",
+    ),
+    ("singular", HEADER + "    tag: latest\n", "line 7: services.api.tag: unknown key 'tag' — did you mean 'tags'?"),
+    ("case", HEADER + "    Tags: latest\n", "line 7: services.api.Tags: unknown key 'Tags' — did you mean 'tags'?"),
+    (
+        "update",
+        HEADER + "    tags: latest\n    update: {monitr: 5s}\n",
+        "line 8: services.api.update.monitr: unknown key 'monitr' — did you mean 'monitor'?",
+    ),
+    (
+        "defaults",
+        HEADER.replace("  timeout: 5m\n", "  timout: 5m\n") + "    tags: latest\n",
+        "line 3: defaults.timout: unknown key 'timout' — did you mean 'timeout'?",
+    ),
+    (
+        "top-level",
+        "servics:\n  api: {repository: acme/api, tags: latest}\n",
+        "line 1: servics: unknown key 'servics' — did you mean 'services'?",
+    ),
+    (
+        "no-near-key",
+        HEADER + "    tags: latest\n    replicas: 3\n",
+        f"line 8: services.api.replicas: unknown key 'replicas' — the keys here are {SERVICE_KEYS}",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [(t, e) for _, t, e in KEY_SUGGESTIONS], ids=[i for i, _, _ in KEY_SUGGESTIONS]
+)
+def test_unknown_key_suggests_the_nearest(text: str, expected: str) -> None:
+    found = problems_of(text)
+    assert expected in found, found
+
+
+def test_unknown_proxy_key_suggests_from_the_proxy_section() -> None:
+    found = problems_of("services: {}\nproxy:\n  webhok: {}\n")
+    assert "line 3: proxy.webhok: unknown key 'webhok' — did you mean 'webhook'?" in found
+
+
+# ---- tag values that look like misspelt filters ------------------------------------------------
+def _as_tag(value: str) -> str:
+    return f"(for the tag {value!r} itself, write 'glob:{value}')"
+
+
+TAG_TYPOS: list[tuple[str, str]] = [
+    ("semvr", f"'semvr' looks like a misspelt filter — did you mean 'semver'? {_as_tag('semvr')}"),
+    ("semver2", f"'semver2' looks like a misspelt filter — did you mean 'semver'? {_as_tag('semver2')}"),
+    ("semvar", f"'semvar' looks like a misspelt filter — did you mean 'semver'? {_as_tag('semvar')}"),
+    ("Semver", f"'Semver' looks like a misspelt filter — did you mean 'semver'? {_as_tag('Semver')}"),
+    ("SEMVER", f"'SEMVER' looks like a misspelt filter — did you mean 'semver'? {_as_tag('SEMVER')}"),
+    ("semver>=1.2", "'semver>=1.2' is not a tag filter — did you mean 'semver:>=1.2'?"),
+    ("Semver:>=1.2", "'Semver:>=1.2' is not a tag filter — did you mean 'semver:>=1.2'?"),
+    ("semvr:>=1.2", "'semvr:>=1.2' is not a tag filter — did you mean 'semver:>=1.2'?"),
+    ("glob*", "'glob*' is not a tag filter — did you mean 'glob:*'?"),
+    ("globrelease-*", "'globrelease-*' is not a tag filter — did you mean 'glob:release-*'?"),
+    ("Glob:release-*", "'Glob:release-*' is not a tag filter — did you mean 'glob:release-*'?"),
+    ("release-*", "'release-*' is not a tag filter — did you mean 'glob:release-*'?"),
+    ("v?.*", "'v?.*' is not a tag filter — did you mean 'glob:v?.*'?"),
+    ("regx:^a", "'regx:^a' is not a tag filter — did you mean 'regex:^a'?"),
+    ("regexp:^v[0-9]+$", "'regexp:^v[0-9]+$' is not a tag filter — did you mean 'regex:^v[0-9]+$'?"),
+    ("regex^a", "'regex^a' is not a tag filter — did you mean 'regex:^a'?"),
+    ("glob:", "'glob:' has no pattern after 'glob:'"),
+    ("regex:", "'regex:' has no pattern after 'regex:'"),
+    ("release:*", "'release:*' is neither a Docker tag nor a filter (glob:PATTERN, regex:PATTERN, semver[:RANGE])"),
+]
+
+
+@pytest.mark.parametrize(("value", "message"), TAG_TYPOS, ids=[v for v, _ in TAG_TYPOS])
+def test_misspelt_filter_is_an_error_with_a_suggestion(value: str, message: str) -> None:
+    assert problems_of(HEADER + f"    tags: {value!r}\n") == [f"line 7: services.api.tags: {message}"]
+
+
+# Real tags, some close to a keyword, stay exact tags.
+EXACT_TAGS = ["latest", "stable", "main", "server", "seven", "sem", "glob", "regex", "Glob", "1.2.3", "v1", "edge-2"]
+
+
+@pytest.mark.parametrize("value", EXACT_TAGS)
+def test_real_tags_stay_exact(value: str) -> None:
+    tags = one_rule_tags(value)
+    assert (tags.kind, tags.pattern, tags.refusal(value)) == ("exact", value, None)
+
+
+@pytest.mark.parametrize("value", ["semvr", "Semver"])
+def test_the_suggested_escape_deploys_the_exact_tag(value: str) -> None:
+    tags = one_rule_tags(f"glob:{value}")
+    assert (tags.refusal(value), tags.refusal(value + "x")) == (
+        None,
+        f"tag {value + 'x'!r} does not match glob {value!r}",
+    )
 
 
 # ---- RulesSource ------------------------------------------------------------------------------
@@ -437,7 +564,10 @@ def test_rules_source_reloads_and_keeps_last_good(tmp_path: Path) -> None:
     os.utime(path, (1_000_200, 1_000_200))
     kept = source.current()
     assert list(kept.rules) == ["two"]
-    assert source.error == f"{path}: 1 error(s)\n  line 5: services.two.colour: unknown key"
+    assert (
+        source.error
+        == f"{path}: 1 error(s)\n  line 5: services.two.colour: unknown key 'colour' — the keys here are {SERVICE_KEYS}"
+    )
     assert source.current() is kept  # asking again does not re-read the broken file
 
     _write(path, {"three": _svc()}, mtime=1_000_300)
@@ -448,7 +578,7 @@ FALLBACK = RuleSet.from_file(RulesFile.model_validate({"services": {"old": _svc(
 
 # (what is at the path, the problem it causes): a worker must boot with each of them.
 UNLOADABLE: list[tuple[str, Any, str]] = [
-    ("broken", "services:\n  api:\n    repository: acme/api\n", "line 2: services.api.tags: Field required"),
+    ("broken", "services:\n  api:\n    repository: acme/api\n", "line 2: services.api.tags: is required"),
     ("missing", None, "cannot read: No such file or directory"),
     ("directory", "DIR", "cannot read: Is a directory"),
     ("not-yaml", "services: [\n", "line 2: not valid YAML: expected the node content, but found '<stream end>'"),
