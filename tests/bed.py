@@ -61,9 +61,9 @@ def missing_prerequisites() -> str | None:
     return None
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -129,16 +129,22 @@ def busybox_rootfs_tar(dest: Path) -> Path:
     return dest
 
 
-@dataclass
-class SwarmBed:
+@dataclass(kw_only=True)
+class Bed:
+    """What every bed has: a registry, an image factory and service helpers on one manager's client.
+
+    The one-node bed and the multi-node bed (tests/multinode.py) differ only in how the daemons start and
+    where the registries listen (``registry_host``).
+    """
+
     root: Path
-    docker_host: str
     registry: str
     client: docker.DockerClient
-    dockerd: subprocess.Popen[bytes]
     registry_proc: subprocess.Popen[bytes]
     rootfs: Path
+    registry_host: str = "127.0.0.1"
     services: set[str] = field(default_factory=set)
+    boot_seconds: float = 0.0
 
     # ---- images -------------------------------------------------------------------------------
     def import_rootfs(self, tar_path: Path, ref: str, *, changes: Sequence[str] = ()) -> str:
@@ -206,13 +212,20 @@ class SwarmBed:
         )
         self.services.add(name)
         if wait:
-            expected = 1 if mode == "global" else replicas
+            expected = self.schedulable_nodes() if mode == "global" else replicas
             wait_for(
                 lambda: len(self.running_tasks(name)) == expected,
                 timeout=60,
                 what=f"{expected} running task(s) of {name}",
             )
         return service
+
+    def schedulable_nodes(self) -> int:
+        """Nodes that take tasks now (a global service runs one task on each)."""
+        nodes = self.client.nodes.list()
+        return sum(
+            1 for n in nodes if n.attrs["Status"]["State"] == "ready" and n.attrs["Spec"]["Availability"] == "active"
+        )
 
     def running_tasks(self, name: str) -> list[dict[str, object]]:
         service = self.client.services.get(name)
@@ -230,22 +243,12 @@ class SwarmBed:
     # ---- a private registry ------------------------------------------------------------------
     @contextlib.contextmanager
     def private_registry(self, user: str, password: str) -> Iterator[str]:
-        """A second registry that needs ``user``/``password`` (htpasswd, bcrypt); yields 127.0.0.1:PORT."""
+        """A second registry that needs ``user``/``password`` (htpasswd, bcrypt); yields HOST:PORT."""
         root = Path(tempfile.mkdtemp(prefix="private-", dir=self.root))
         subprocess.run(["htpasswd", "-Bbc", str(root / "htpasswd"), user, password], check=True, capture_output=True)
-        port = free_port()
-        config = root / "registry.yml"
-        config.write_text(
-            "version: 0.1\n"
-            "log: {level: warn}\n"
-            f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}}}\n"
-            f"http: {{addr: '127.0.0.1:{port}'}}\n"
-            f"auth: {{htpasswd: {{realm: bed, path: {root / 'htpasswd'}}}}}\n"
-        )
-        proc = _launch_registry(config, root / "registry.log")
+        proc, address = start_registry(root, self.registry_host, auth=root / "htpasswd")
         try:
-            wait_for(lambda: _registry_answers(port), timeout=BOOT_TIMEOUT, what="the private registry")
-            yield f"127.0.0.1:{port}"
+            yield address
         finally:
             stop_process(proc)
 
@@ -259,23 +262,6 @@ class SwarmBed:
         # Forget the image locally so that a deployment really has to pull it with credentials.
         self.client.images.remove(ref, force=True)
         return ref
-
-    # ---- daemon outages -----------------------------------------------------------------------
-    def stop_daemon(self) -> None:
-        """Stop dockerd (as an outage would); the swarm state stays in its data-root."""
-        with contextlib.suppress(Exception):
-            self.client.close()
-        stop_process(self.dockerd, timeout=30)
-
-    def start_daemon(self) -> None:
-        """Start dockerd again on the same dirs and socket; the single-node swarm comes back by itself."""
-        self.dockerd = _launch_dockerd(self.root)
-        self.client = _connect(self.root, self.dockerd, timeout=BOOT_TIMEOUT)
-        wait_for(
-            lambda: self.client.info()["Swarm"]["LocalNodeState"] == "active",
-            timeout=60,
-            what="the swarm to be active again",
-        )
 
     # ---- many tags fast -----------------------------------------------------------------------
     def publish_tags(self, ref: str, tags: Sequence[str]) -> dict[str, str]:
@@ -317,6 +303,31 @@ class SwarmBed:
         session.close()
         return digests
 
+
+@dataclass(kw_only=True)
+class SwarmBed(Bed):
+    """One dockerd in swarm mode on 127.0.0.1, its socket and dirs under ``root``."""
+
+    docker_host: str
+    dockerd: subprocess.Popen[bytes]
+
+    # ---- daemon outages -----------------------------------------------------------------------
+    def stop_daemon(self) -> None:
+        """Stop dockerd (as an outage would); the swarm state stays in its data-root."""
+        with contextlib.suppress(Exception):
+            self.client.close()
+        stop_process(self.dockerd, timeout=30)
+
+    def start_daemon(self) -> None:
+        """Start dockerd again on the same dirs and socket; the single-node swarm comes back by itself."""
+        self.dockerd = launch_dockerd(self.root)
+        self.client = connect_dockerd(self.root, self.dockerd, timeout=BOOT_TIMEOUT)
+        wait_for(
+            lambda: self.client.info()["Swarm"]["LocalNodeState"] == "active",
+            timeout=60,
+            what="the swarm to be active again",
+        )
+
     # ---- teardown -----------------------------------------------------------------------------
     def stop(self) -> list[str]:
         """Stop everything by pid and remove the temp dir; return what survived (empty when clean)."""
@@ -324,23 +335,48 @@ class SwarmBed:
             self.remove_all_services()
         with contextlib.suppress(Exception):
             self.client.close()
-        tree = [self.dockerd.pid, *_children(self.dockerd.pid), self.registry_proc.pid]
-        stop_process(self.registry_proc)
-        stop_process(self.dockerd, timeout=30)
-        with contextlib.suppress(TimeoutError):
-            wait_for(lambda: not any(alive(p) for p in tree), timeout=15, what="bed processes to exit")
-        survivors = [f"pid {p}" for p in tree if alive(p)]
-        _unmount_below(self.root)
-        shutil.rmtree(self.root, ignore_errors=True)
-        if self.root.exists():
-            survivors.append(f"dir {self.root}")
-        return survivors
+        return stop_and_remove([self.registry_proc, self.dockerd], self.root)
 
 
-def _unmount_below(root: Path) -> None:
-    """dockerd can leave netns and shm mounts under its exec-root when stopped hard."""
+def stop_and_remove(procs: Sequence[subprocess.Popen[bytes]], root: Path) -> list[str]:
+    """Stop ``procs`` and every descendant by pid, unmount and remove ``root``.
+
+    Returns what survived (empty when clean). Descendants are listed before anything stops because
+    containerd and its shims are re-parented away from dockerd as it exits.
+    """
+    tree = [pid for proc in procs for pid in (proc.pid, *_children(proc.pid))]
+    # All at once: each dockerd stops its containers first, and several daemons should not queue for that.
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in reversed(procs):
+        stop_process(proc, timeout=30)
+    with contextlib.suppress(TimeoutError):
+        wait_for(lambda: not any(alive(p) for p in tree), timeout=15, what="bed processes to exit")
+    for pid in tree:
+        # Only our own descendants, by pid: a shim that outlived its daemon must not outlive the bed.
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(TimeoutError):
+        wait_for(lambda: not any(alive(p) for p in tree), timeout=10, what="killed bed processes to exit")
+    survivors = [f"pid {p}" for p in tree if alive(p)]
+    unmount_below(root)
+    shutil.rmtree(root, ignore_errors=True)
+    if root.exists():
+        survivors.append(f"dir {root}")
+    survivors.extend(f"mount {m}" for m in mounts_below(root))
+    return survivors
+
+
+def mounts_below(root: Path) -> list[str]:
     mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-    for mount in sorted((m for m in mounts if m.startswith(str(root))), reverse=True):
+    return [m for m in mounts if m == str(root) or m.startswith(f"{root}/")]
+
+
+def unmount_below(root: Path) -> None:
+    """dockerd can leave netns and shm mounts under its exec-root when stopped hard."""
+    for mount in sorted(mounts_below(root), reverse=True):
         subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
 
 
@@ -353,49 +389,38 @@ def start_bed(*, boot_timeout: float = BOOT_TIMEOUT) -> SwarmBed:
     root = Path(tempfile.mkdtemp(prefix="wsbed-", dir="/tmp"))
     started: list[subprocess.Popen[bytes]] = []
     try:
-        sock = root / "docker.sock"
-        for sub in ("data", "exec", "registry"):
-            (root / sub).mkdir()
-        dockerd = _launch_dockerd(root)
+        dockerd = launch_dockerd(root)
         started.append(dockerd)
-        client = _connect(root, dockerd, timeout=boot_timeout)
+        client = connect_dockerd(root, dockerd, timeout=boot_timeout)
         client.swarm.init(advertise_addr="127.0.0.1", listen_addr=f"127.0.0.1:{free_port()}")
-
-        port = free_port()
-        config = root / "registry.yml"
-        config.write_text(
-            "version: 0.1\n"
-            "log: {level: warn}\n"
-            f"storage: {{filesystem: {{rootdirectory: {root / 'registry'}}}, delete: {{enabled: true}}}}\n"
-            f"http: {{addr: '127.0.0.1:{port}'}}\n"
-        )
-        registry_proc = _launch_registry(config, root / "registry.log")
+        registry_proc, registry = start_registry(root / "registry", "127.0.0.1", timeout=boot_timeout)
         started.append(registry_proc)
-        wait_for(lambda: _registry_answers(port), timeout=boot_timeout, what="the registry to answer")
-        rootfs = busybox_rootfs_tar(root / "rootfs.tar")
         return SwarmBed(
             root=root,
-            docker_host=f"unix://{sock}",
-            registry=f"127.0.0.1:{port}",
+            docker_host=f"unix://{root / 'docker.sock'}",
+            registry=registry,
             client=client,
             dockerd=dockerd,
             registry_proc=registry_proc,
-            rootfs=rootfs,
+            rootfs=busybox_rootfs_tar(root / "rootfs.tar"),
         )
     except BaseException as e:
-        for proc in reversed(started):
-            stop_process(proc)
-        _unmount_below(root)
-        shutil.rmtree(root, ignore_errors=True)
+        stop_and_remove(started, root)
         if isinstance(e, BedUnavailable | TimeoutError):
             raise BedUnavailable(str(e)) from e
         raise
 
 
-def _launch_dockerd(root: Path) -> subprocess.Popen[bytes]:
+def launch_dockerd(
+    root: Path, *, wrapper: Sequence[str] = (), extra_args: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
+    """dockerd with everything under ``root``; ``wrapper`` execs it elsewhere (e.g. in a namespace)."""
+    for sub in ("data", "exec"):
+        (root / sub).mkdir(exist_ok=True)
     log = (root / "dockerd.log").open("ab")
     return subprocess.Popen(
         [
+            *wrapper,
             "dockerd",
             "--storage-driver=vfs",
             f"--data-root={root / 'data'}",
@@ -405,6 +430,7 @@ def _launch_dockerd(root: Path) -> subprocess.Popen[bytes]:
             "--iptables=false",
             "--ip-masq=false",
             "--userland-proxy=false",
+            *extra_args,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -412,7 +438,9 @@ def _launch_dockerd(root: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def _connect(root: Path, dockerd: subprocess.Popen[bytes], *, timeout: float) -> docker.DockerClient:
+def connect_dockerd(root: Path, dockerd: subprocess.Popen[bytes], *, timeout: float) -> docker.DockerClient:
+    """A client for the dockerd under ``root`` once it answers, blind to this host's registry logins."""
+
     def connected() -> docker.DockerClient | None:
         if dockerd.poll() is not None:
             raise BedUnavailable(f"dockerd exited with {dockerd.returncode}: {_tail(root / 'dockerd.log')}")
@@ -423,21 +451,41 @@ def _connect(root: Path, dockerd: subprocess.Popen[bytes], *, timeout: float) ->
             return None
 
     client: docker.DockerClient = wait_for(connected, timeout=timeout, what="dockerd to answer")
+    # docker-py reads ~/.docker/config.json; a bed must prove what credentials reach it, so it starts with none.
+    client.api.reload_config(str(root / "no-docker-config.json"))
     return client
 
 
-def _launch_registry(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+def start_registry(
+    root: Path, host: str, *, auth: Path | None = None, timeout: float = BOOT_TIMEOUT
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A ``docker-registry`` storing under ``root`` and listening on ``host``; returns it and HOST:PORT."""
+    root.mkdir(exist_ok=True)
+    address = f"{host}:{free_port(host)}"
+    config = root / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}, delete: {{enabled: true}}}}\n"
+        f"http: {{addr: '{address}'}}\n" + (f"auth: {{htpasswd: {{realm: bed, path: {auth}}}}}\n" if auth else "")
+    )
+    proc = subprocess.Popen(
         ["docker-registry", "serve", str(config)],
-        stdout=log.open("wb"),
+        stdout=(root / "registry.log").open("wb"),
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
     )
-
-
-def _registry_answers(port: int) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2) as r:
+        wait_for(lambda: _registry_answers(address), timeout=timeout, what=f"the registry on {address}")
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc, address
+
+
+def _registry_answers(address: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{address}/v2/", timeout=2) as r:
             return bool(r.status == 200)
     except urllib.error.HTTPError as e:
         return e.code == 401  # up, and asking for credentials
