@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from webhook_server import problems
 from webhook_server.errors import BadRequest
 from webhook_server.rules import DOCKER_TAG
 
@@ -81,9 +82,7 @@ def parse_push(body: Any) -> HubPush:
     try:
         push = HubPush.model_validate(body)
     except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise BadRequest(f"{field}: {err['msg'].removeprefix('Value error, ')}") from None
+        raise BadRequest(problems.first_problem(e)) from None
     if push.repository.full_name is None:
-        raise BadRequest("repository.repo_name: field required (or repository.namespace and repository.name)")
+        raise BadRequest("repository.repo_name: is required (or repository.namespace and repository.name)")
     return push

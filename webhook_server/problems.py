@@ -16,6 +16,7 @@ from pydantic_core import ErrorDetails
 
 Location = tuple[str | int, ...]
 
+_DATETIME = "must be a date and time (ISO 8601, such as 2024-05-01T12:00:00Z) or a Unix timestamp"
 # pydantic's error type -> the sentence, for types whose own message is pydantic's wording.
 _FIXED = {
     "missing": "is required",
@@ -36,6 +37,10 @@ _FIXED = {
     "set_type": "must be a list",
     "frozen_set_type": "must be a list",
     "string_pattern_mismatch": "has characters or a form that is not allowed here",
+    "datetime_type": _DATETIME,
+    "datetime_parsing": _DATETIME,
+    "datetime_from_date_parsing": _DATETIME,
+    "datetime_object_invalid": _DATETIME,
     "ip_any_address": "must be an IPv4 or IPv6 address",
     "ip_v4_address": "must be an IPv4 address",
     "ip_v6_address": "must be an IPv6 address",
