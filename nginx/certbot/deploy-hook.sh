@@ -14,8 +14,12 @@ set -eu
 
 env_file=${WEBHOOK_RELOAD_ENV:-/etc/webhook-server/reload-proxy.env}
 if [ -r "$env_file" ]; then
+    # allexport: the file's plain VAR=value lines (DOCKER_HOST, WEBHOOK_RULES) must reach webhook-server's
+    # environment, not stay shell variables of this script.
+    set -a
     # shellcheck disable=SC1090  # the path is a setting
     . "$env_file"
+    set +a
 fi
 
 webhook_server=${WEBHOOK_SERVER:-webhook-server}

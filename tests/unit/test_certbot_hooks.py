@@ -20,6 +20,7 @@ NGINX_DIR = Path(__file__).parents[2] / "nginx"
 HOOK = NGINX_DIR / "certbot" / "deploy-hook.sh"
 STUB = """#!/bin/sh
 printf '%s\\n' "$*" > "{calls}"
+env > "{calls}.env"
 exit {status}
 """
 
@@ -27,6 +28,7 @@ exit {status}
 def run_hook(
     tmp_path: Path, *, status: int, env_file: str | None = None
 ) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Run the hook with a stub webhook-server that records its arguments (and its environment, beside)."""
     calls = tmp_path / "calls"
     stub = tmp_path / "webhook-server"
     stub.write_text(STUB.format(calls=calls, status=status))
@@ -57,6 +59,17 @@ def test_hook_calls_reload_proxy_with_the_configured_arguments(tmp_path: Path) -
     assert calls == "reload-proxy --service a3_nginx --mode signal"
     assert "renewed example.com www.example.com (/etc/letsencrypt/live/example.com)" in result.stderr
     assert "nginx now serves the renewed certificate" in result.stderr
+
+
+def test_hook_exports_the_settings_to_reload_proxy(tmp_path: Path) -> None:
+    """reload-proxy reads DOCKER_HOST and WEBHOOK_RULES from its environment: plain assignments in the
+    settings file (as the README writes them) must reach it, not stay variables of the hook's shell."""
+    settings = "DOCKER_HOST=tcp://10.0.0.5:2376\nWEBHOOK_RULES=/etc/webhook-server/deploy_rules.yaml\n"
+    result, _ = run_hook(tmp_path, status=0, env_file=settings)
+    assert result.returncode == 0, result.stderr
+    seen = dict(line.split("=", 1) for line in (tmp_path / "calls.env").read_text().splitlines() if "=" in line)
+    assert seen["DOCKER_HOST"] == "tcp://10.0.0.5:2376"
+    assert seen["WEBHOOK_RULES"] == "/etc/webhook-server/deploy_rules.yaml"
 
 
 def test_hook_fails_loudly_when_reload_proxy_fails(tmp_path: Path) -> None:
