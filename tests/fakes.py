@@ -11,9 +11,15 @@ import dataclasses
 import itertools
 from dataclasses import dataclass, field
 
-from webhook_server.errors import DockerUnavailable, ImageNotFound, ServiceNotFound, UpdateOutOfSequence
+from webhook_server.cluster import NodeStatus, ServiceState, TaskState
+from webhook_server.errors import (
+    DockerUnavailable,
+    ImageNotFound,
+    ServiceNotFound,
+    UpdateOutOfSequence,
+    UpdateUncertain,
+)
 from webhook_server.rules import UpdateSettings
-from webhook_server.swarm import ServiceState
 
 _clock = itertools.count(1)
 
@@ -25,6 +31,12 @@ class FakeSwarm:
     crashing: set[str] = field(default_factory=set)  # image refs whose rollout Swarm rolls back
     down: bool = False
     conflicts: int = 0  # how many next updates fail with "update out of sequence"
+    lost_answers: int = 0  # how many next updates reach Swarm but time out on the wire
+    dropped_requests: int = 0  # how many next updates time out on the wire without reaching Swarm
+    update_error: Exception | None = None  # raised by the next update
+    stuck: set[str] = field(default_factory=set)  # image refs whose update stays "updating"
+    manager: bool = True
+    task_list: dict[str, list[TaskState]] = field(default_factory=dict)
     calls: list[tuple[str, ...]] = field(default_factory=list)
     _pending: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
 
@@ -43,6 +55,32 @@ class FakeSwarm:
     def ping(self) -> None:
         self.calls.append(("ping",))
         self._check_up()
+
+    def node(self) -> NodeStatus:
+        self.calls.append(("node",))
+        if self.down:
+            return NodeStatus(docker_host="fake://", problems=("Docker at fake:// is unreachable",))
+        problems = () if self.manager else ("the Docker node at fake:// is a swarm worker",)
+        return NodeStatus(
+            docker_host="fake://",
+            node_id="n1",
+            hostname="fake",
+            is_manager=self.manager,
+            swarm_state="active",
+            problems=problems,
+        )
+
+    def service_names(self) -> set[str]:
+        self.calls.append(("service_names",))
+        self._check_up()
+        return set(self.services)
+
+    def tasks(self, service: str) -> list[TaskState]:
+        self.calls.append(("tasks", service))
+        self._check_up()
+        if service not in self.services:
+            raise ServiceNotFound(service)
+        return list(self.task_list.get(service, []))
 
     def resolve_digest(self, image: str, tag: str) -> str:
         self.calls.append(("resolve_digest", image, tag))
@@ -69,6 +107,12 @@ class FakeSwarm:
         self.calls.append(("update", service, image_ref))
         self._check_up()
         before = self.services[service]
+        if self.update_error is not None:
+            error, self.update_error = self.update_error, None
+            raise error
+        if self.dropped_requests:
+            self.dropped_requests -= 1
+            raise UpdateUncertain(f"update service {service}: Docker at fake:// did not answer in time")
         if self.conflicts:
             self.conflicts -= 1
             self.services[service] = dataclasses.replace(before, version=before.version + 1)
@@ -84,7 +128,9 @@ class FakeSwarm:
             update_message="update in progress",
             update_started_at=started,
         )
-        if image_ref in self.crashing:
+        if image_ref in self.stuck:
+            self._pending[service] = []
+        elif image_ref in self.crashing:
             cause = "update rolled back due to failure or early termination of task abc"
             self._pending[service] = [
                 ("updating", "update in progress", image_ref),
@@ -96,6 +142,9 @@ class FakeSwarm:
                 ("updating", "update in progress", image_ref),
                 ("completed", "update completed", image_ref),
             ]
+        if self.lost_answers:
+            self.lost_answers -= 1
+            raise UpdateUncertain(f"update service {service}: Docker at fake:// did not answer in time")
         return before
 
     def updates(self) -> list[tuple[str, ...]]:

@@ -103,3 +103,10 @@ class UpdateOutOfSequence(DockerError):
 
     http_status = 409
     code = "update_out_of_sequence"
+
+
+class UpdateUncertain(DockerError):
+    """An update was sent but Docker's answer never came: it may or may not have reached Swarm."""
+
+    http_status = 504
+    code = "update_uncertain"

@@ -16,37 +16,31 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
-from webhook_server.errors import (
-    DockerError,
-    DockerUnavailable,
-    ImageNotFound,
-    ServiceNotFound,
-    UpdateOutOfSequence,
-)
+from webhook_server.cluster import ServiceState, Swarm, TaskState
+from webhook_server.durations import format_duration
+from webhook_server.errors import DockerError, DockerUnavailable, ServiceNotFound, UpdateOutOfSequence, UpdateUncertain
 from webhook_server.journal import Deployment, Journal
-from webhook_server.matching import Candidate, pick_best, policy_refusal_for
-from webhook_server.rules import Rule, RuleSet, RulesSource, UpdateSettings
+from webhook_server.matching import Candidate, Coalesced, coalesce, policy_refusal_for
+from webhook_server.rules import Rule, RuleSet, RulesSource
 from webhook_server.settings import Settings
-from webhook_server.swarm import ServiceState
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Executor", "ExecutorLock", "Swarm", "classify", "lock_path", "run_when_elected"]
+
 MAX_OUT_OF_SEQUENCE = 5
+# 2**30 s is far past any max delay; capping the exponent keeps timedelta from overflowing.
+MAX_BACKOFF_EXPONENT = 30
+# Swarm retries placing a pending task for ever; after this long with no node for it, say so and stop.
+UNSCHEDULABLE_GRACE = timedelta(seconds=5)
+# Task states that say nothing went wrong (yet).
+_QUIET_TASK_STATES = frozenset(
+    {"new", "allocated", "assigned", "accepted", "preparing", "ready", "starting", "running"}
+)
 
-
-class Swarm(Protocol):
-    """What the executor needs from Docker (the adapter in ``webhook_server.swarm``, or a test fake)."""
-
-    def ping(self) -> None: ...
-    def inspect(self, service: str) -> ServiceState: ...
-    def resolve_digest(self, image: str, tag: str) -> str: ...
-    def update(
-        self, *, service: str, image_ref: str, settings: UpdateSettings, expected_version: int
-    ) -> ServiceState: ...
-
-
+Final = Literal["succeeded", "rolled_back", "failed", "skipped"]
 Outcome = Literal["pending", "updating", "rolling_back", "succeeded", "rolled_back", "paused", "diverged"]
 
 
@@ -71,8 +65,38 @@ def classify(state: ServiceState, *, marker: str | None, target: str) -> Outcome
     return "updating"
 
 
-def _age(deployment: Deployment) -> timedelta:
-    return datetime.now(UTC) - datetime.fromisoformat(deployment.created_at)
+def reached_swarm(dep: Deployment, state: ServiceState) -> bool:
+    """Whether an update this deployment sent earlier shows in Swarm (so it must be followed, not resent)."""
+    if dep.image_ref is None:
+        return False
+    return state.image == dep.image_ref or (
+        state.update_state is not None and state.update_started_at != dep.update_marker
+    )
+
+
+def task_errors(tasks: list[TaskState], image: str) -> list[str]:
+    """Swarm's reasons for the tasks of ``image`` that did not run, one per distinct reason, with the node."""
+    found: dict[str, str] = {}
+    for task in tasks:
+        reason = task.error or task.message
+        if task.image != image or task.state in _QUIET_TASK_STATES or not reason or reason in found:
+            continue
+        where = f"task on {task.node}" if task.node else "task"
+        found[reason] = f"{where}: {task.state}: {reason}"
+    return list(found.values())
+
+
+def unschedulable(tasks: list[TaskState], image: str) -> str | None:
+    """Swarm's reason when a task of ``image`` is pending because no node can take it."""
+    for task in tasks:
+        reason = task.error or task.message
+        if task.image == image and task.state == "pending" and "no suitable node" in reason:
+            return reason
+    return None
+
+
+def backoff(attempts: int, max_delay: timedelta) -> timedelta:
+    return min(timedelta(seconds=2 ** min(attempts, MAX_BACKOFF_EXPONENT)), max_delay)
 
 
 class Executor:
@@ -86,6 +110,7 @@ class Executor:
         max_backoff: timedelta = timedelta(seconds=30),
         poll_interval: float = 0.5,
         watch_interval: float = 0.5,
+        unschedulable_grace: timedelta = UNSCHEDULABLE_GRACE,
     ) -> None:
         self._journal = journal
         self._swarm = swarm
@@ -94,7 +119,10 @@ class Executor:
         self._max_backoff = max_backoff
         self._poll_interval = poll_interval
         self._watch_interval = watch_interval
+        self._unschedulable_grace = unschedulable_grace
         self._wake = threading.Event()
+        # Set when the process shuts down: a watch stops where it is and leaves the journal saying so.
+        self._stop = threading.Event()
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -115,6 +143,7 @@ class Executor:
         self._wake.set()
 
     def run(self, stop: threading.Event) -> None:
+        self._stop = stop
         log.info("executor started")
         while not stop.is_set():
             try:
@@ -129,7 +158,7 @@ class Executor:
 
     def dispatch(self) -> None:
         """Start a drain thread for every service with work and no thread yet."""
-        services = {d.service for d in self._journal.running()}
+        services = {d.service for d in self._journal.running(ready_only=True)}
         services.update(self._journal.services_with_queued_work())
         self._threads = [t for t in self._threads if t.is_alive()]
         for service in sorted(services):
@@ -151,42 +180,60 @@ class Executor:
 
     def _drain(self, service: str) -> None:
         try:
-            for orphan in self._journal.find(service=service, state="running"):
-                self._resume(orphan)
-            while (claimed := self._journal.claim(service, self._chooser(service))) is not None:
-                self._execute(claimed)
+            for orphan in self._journal.running(ready_only=True):
+                if orphan.service == service and not self._stop.is_set():
+                    self._resume(orphan)
+            while not self._stop.is_set():
+                state = self._read(service)
+                claimed = self._journal.claim(service, self._decider(service, state))
+                if claimed is None:
+                    return
+                self._execute(claimed, state)
         except Exception:
             log.exception("executor: unexpected error while deploying %s", service)
         finally:
             with self._busy_lock:
                 self._busy.discard(service)
 
-    def _chooser(self, service: str) -> Callable[[Sequence[Candidate]], Candidate]:
+    def _read(self, service: str) -> ServiceState | None:
+        """What runs now, for the claim's decision; None when Docker cannot say (the rollout then retries)."""
+        try:
+            return self._swarm.inspect(service)
+        except DockerError:
+            return None
+
+    def _decider(self, service: str, state: ServiceState | None) -> Callable[[Sequence[Candidate]], Coalesced]:
         rule = self._rules().get(service)
+        running = state.image if state else None
 
-        def choose(candidates: Sequence[Candidate]) -> Candidate:
-            if rule is None:
-                return max(candidates, key=lambda c: c.order)
-            return pick_best(rule, candidates)
+        def decide(candidates: Sequence[Candidate]) -> Coalesced:
+            return coalesce(rule, candidates, running_image=running, known=state is not None)
 
-        return choose
+        return decide
 
     # ---- one rollout -----------------------------------------------------------------------------
-    def _execute(self, dep: Deployment) -> None:
+    def _execute(self, dep: Deployment, state: ServiceState | None) -> None:
+        """Run a claimed deployment. ``state`` is what the claim decided against: the first attempt uses it,
+        so the policy check cannot disagree with the coalescing that chose this deployment."""
         rule = self._rules().get(dep.service)
         if rule is None:
             self._finish(dep, "failed", f"no rule for service {dep.service!r} any more")
             return
         for _ in range(MAX_OUT_OF_SEQUENCE):
             try:
-                started = self._start(dep, rule)
+                started = self._start(dep, rule, state or self._swarm.inspect(dep.service))
             except UpdateOutOfSequence as e:
                 self._journal.update(dep.id, note=f"{e.message}; re-reading the service and trying again")
+                state = None
                 continue
+            except UpdateUncertain as e:
+                self._journal.update(dep.id, note=f"{e.message}; finding out whether the update reached Swarm")
+                self._resume(self._journal.get(dep.id))
+                return
             except DockerUnavailable as e:
                 self._retry_later(dep, e)
                 return
-            except (ImageNotFound, ServiceNotFound, DockerError) as e:
+            except DockerError as e:
                 self._finish(dep, "failed", e.message)
                 return
             if started is not None:
@@ -194,9 +241,11 @@ class Executor:
             return
         self._finish(dep, "failed", f"gave up after {MAX_OUT_OF_SEQUENCE} conflicting concurrent updates")
 
-    def _start(self, dep: Deployment, rule: Rule) -> Deployment | None:
+    def _start(self, dep: Deployment, rule: Rule, state: ServiceState) -> Deployment | None:
         """Check against what runs now and start the update; None when there is nothing to watch."""
-        state = self._swarm.inspect(dep.service)
+        if reached_swarm(dep, state):
+            # An earlier attempt got through although its answer was lost: follow it, never call it "skipped".
+            return self._journal.update(dep.id, note="an earlier attempt reached Swarm; following it")
         if dep.pinned_ref:
             target = dep.pinned_ref
         else:
@@ -224,19 +273,23 @@ class Executor:
         return dep
 
     def _watch(self, dep: Deployment, rule: Rule) -> None:
-        """Follow UpdateStatus until Swarm finishes our update or the rule's timeout passes."""
+        """Follow UpdateStatus until Swarm finishes our update, the rule's timeout passes, or we shut down."""
         assert dep.image_ref is not None
         deadline = time.monotonic() + rule.timeout.total_seconds()
         seen: tuple[str | None, str | None] | None = None
-        last_error = ""
+        last_seen = "Swarm has not started the update"
+        unplaceable_since: float | None = None
         while True:
             try:
                 state = self._swarm.inspect(dep.service)
             except ServiceNotFound as e:
                 self._finish(dep, "failed", f"{e.message} (removed during the rollout)")
                 return
+            except DockerUnavailable as e:
+                self._lost_contact(dep, e)
+                return
             except DockerError as e:
-                last_error = e.message
+                last_seen = e.message
                 state = None
             if state is not None:
                 outcome = classify(state, marker=dep.update_marker, target=dep.image_ref)
@@ -248,19 +301,51 @@ class Executor:
                     self._finish(dep, "succeeded", swarm_says)
                     return
                 if outcome == "rolled_back":
-                    self._finish(dep, "rolled_back", self._rollback_message(dep, state))
+                    self._finish(dep, "rolled_back", self._with_task_errors(dep, self._rollback_message(dep, state)))
                     return
                 if outcome == "paused":
-                    self._finish(dep, "failed", f"Swarm paused the update: {state.update_message}")
+                    message = f"Swarm paused the update: {state.update_message}"
+                    self._finish(dep, "failed", self._with_task_errors(dep, message))
                     return
                 if outcome == "diverged":
                     self._finish(dep, "failed", f"the update completed but {dep.service} now runs {state.image}")
                     return
-                last_error = swarm_says
+                if outcome == "updating":
+                    reason = self._unschedulable(dep.service, dep.image_ref)
+                    unplaceable_since = (unplaceable_since or time.monotonic()) if reason else None
+                    if (
+                        reason
+                        and time.monotonic() - (unplaceable_since or 0) >= self._unschedulable_grace.total_seconds()
+                    ):
+                        self._finish(dep, "failed", f"Swarm cannot place the new tasks: {reason}")
+                        return
+                if outcome != "pending":
+                    last_seen = f"Swarm still says {state.update_state}" + (
+                        f": {state.update_message}" if state.update_message else ""
+                    )
             if time.monotonic() > deadline:
-                self._finish(dep, "failed", f"no outcome within {rule.timeout}; last seen: {last_error}")
+                message = f"no outcome within {format_duration(rule.timeout)}; {last_seen}"
+                self._finish(dep, "failed", self._with_task_errors(dep, message))
                 return
-            time.sleep(self._watch_interval)
+            if self._stop.wait(self._watch_interval):
+                self._journal.update(dep.id, note="executor stopping; the next executor follows this rollout")
+                return
+
+    def _unschedulable(self, service: str, image: str) -> str | None:
+        try:
+            return unschedulable(self._swarm.tasks(service), image)
+        except DockerError:
+            return None
+
+    def _with_task_errors(self, dep: Deployment, message: str) -> str:
+        """Add Swarm's reasons from the new image's tasks: the real cause, not only "early termination"."""
+        if dep.image_ref is None:
+            return message
+        try:
+            errors = task_errors(self._swarm.tasks(dep.service), dep.image_ref)
+        except DockerError:
+            return message
+        return f"{message}; " + "; ".join(errors[:3]) if errors else message
 
     def _rollback_message(self, dep: Deployment, state: ServiceState) -> str:
         # Swarm's reason is in the rollback_started message; rollback_completed only says "rollback completed".
@@ -274,52 +359,61 @@ class Executor:
         return f"{cause} ({final})" if cause else final
 
     def _resume(self, dep: Deployment) -> None:
-        """A deployment left running by a previous executor (crash or restart)."""
+        """A deployment left running (by a previous executor, a shutdown, or an update whose answer was lost):
+        follow it to Swarm's outcome, or queue it again if its update never reached Swarm."""
         rule = self._rules().get(dep.service)
         if dep.image_ref is None or rule is None:
-            self._journal.update(dep.id, state="queued", message="re-queued: the executor restarted before it began")
+            self._journal.update(dep.id, state="queued", message="re-queued: the executor stopped before it began")
             return
         try:
             state = self._swarm.inspect(dep.service)
         except DockerUnavailable as e:
-            # Leave it running: the next dispatch retries, and the journal still says where we are.
-            log.warning("cannot resume deployment %s yet: %s", dep.id, e.message)
-            time.sleep(min(self._poll_interval * 4, 5))
+            self._lost_contact(dep, e)
             return
         except DockerError as e:
             self._finish(dep, "failed", e.message)
             return
-        if state.image == dep.image_ref or state.update_started_at != dep.update_marker:
-            self._journal.update(dep.id, note="executor restarted; following the update in Swarm")
+        if reached_swarm(dep, state):
+            self._journal.update(dep.id, note="following the update in Swarm")
             self._watch(dep, rule)
         else:
             self._journal.update(dep.id, state="queued", message="re-queued: the update had not reached Swarm")
 
-    def _retry_later(self, dep: Deployment, error: DockerUnavailable) -> None:
-        if _age(dep) > self._retry_limit:
-            self._finish(dep, "failed", f"gave up after {self._retry_limit}: {error.message}")
-            return
-        delay = min(timedelta(seconds=2**dep.attempts), self._max_backoff)
-        self._journal.requeue(dep.id, delay=delay, reason=f"{error.message}; retrying in {delay.total_seconds():g}s")
+    def _gave_up(self, dep: Deployment) -> bool:
+        """Past the retry limit, counted from this deployment's first failed attempt (not its arrival)."""
+        if dep.first_failed_at is None:
+            return False
+        return datetime.now(UTC) - datetime.fromisoformat(dep.first_failed_at) > self._retry_limit
 
-    def _finish(
-        self,
-        dep: Deployment,
-        state: Literal["succeeded", "rolled_back", "failed", "skipped"],
-        message: str,
-    ) -> None:
+    def _retry_later(self, dep: Deployment, error: DockerUnavailable) -> None:
+        """Docker is unreachable before the update was sent: queue it again, backing off."""
+        if self._gave_up(dep):
+            self._finish(dep, "failed", f"gave up after {format_duration(self._retry_limit)}: {error.message}")
+            return
+        delay = backoff(dep.attempts, self._max_backoff)
+        reason = f"{error.message}; retrying in {format_duration(delay)}"
+        log.warning("deployment %s of %s: %s", dep.id, dep.service, reason)
+        self._journal.retry_later(dep.id, delay=delay, reason=reason)
+
+    def _lost_contact(self, dep: Deployment, error: DockerUnavailable) -> None:
+        """Docker went away while our update was in progress: keep following it, backing off, within the
+        retry limit; past it the outcome is unknown and the service is freed for new work."""
+        if self._gave_up(dep):
+            message = (
+                f"lost contact with Docker for more than {format_duration(self._retry_limit)} during the update,"
+                f" so its outcome is unknown: {error.message}"
+            )
+            self._finish(dep, "failed", message)
+            return
+        delay = backoff(dep.attempts, self._max_backoff)
+        reason = f"{error.message}; following the update again in {format_duration(delay)}"
+        log.warning("deployment %s of %s: %s", dep.id, dep.service, reason)
+        self._journal.retry_later(dep.id, delay=delay, reason=reason, state="running")
+
+    def _finish(self, dep: Deployment, state: Final, message: str) -> None:
         self._journal.update(dep.id, state=state, message=message)
         level = logging.INFO if state in ("succeeded", "skipped") else logging.WARNING
-        log.log(
-            level,
-            "deployment %s of %s:%s to %s: %s (%s)",
-            dep.id,
-            dep.image,
-            dep.tag,
-            dep.service,
-            state,
-            message,
-        )
+        log.log(level, "deployment %s of %s:%s to %s: %s (%s)", dep.id, dep.image, dep.tag, dep.service, state, message)
 
 
 class ExecutorLock:

@@ -3,6 +3,10 @@
 It is also the queue. Any process may accept pushes; only the executor claims work. Each call opens its own
 short connection, so threads and gunicorn workers never share one; writes take SQLite's write lock at once
 (BEGIN IMMEDIATE) so a read-decide-write never races another writer.
+
+Accepting is durable: its transaction commits with ``synchronous=FULL``, so a 202 means the push survives a
+power cut. The executor's own bookkeeping uses NORMAL (WAL keeps the file consistent; the last transitions
+may be lost on power loss and are re-derived from Swarm when the executor resumes).
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from webhook_server.errors import DeploymentNotFound
-from webhook_server.matching import Candidate, DeployPlan
+from webhook_server.errors import ConfigError, DeploymentNotFound
+from webhook_server.matching import Candidate, Coalesced, DeployPlan
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +32,11 @@ Trigger = Literal["dockerhub", "manual", "rollback"]
 State = Literal["queued", "running", "succeeded", "rolled_back", "failed", "skipped", "superseded"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "rolled_back", "failed", "skipped", "superseded"})
 
-_SCHEMA = """
+# Each entry upgrades the schema by one version (PRAGMA user_version); a journal from any earlier release is
+# brought up to date in place when it is opened. Version 1 is the original schema (IF NOT EXISTS: journals made
+# before versioning have it already, at user_version 0).
+_MIGRATIONS: tuple[str, ...] = (
+    """
 CREATE TABLE IF NOT EXISTS pushes (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     received_at TEXT NOT NULL,
@@ -73,7 +81,17 @@ CREATE TABLE IF NOT EXISTS transitions (
     message TEXT
 );
 CREATE INDEX IF NOT EXISTS transitions_by_deployment ON transitions(deployment_id);
-"""
+""",
+    # When Docker first failed for this deployment: the retry limit counts from here, not from arrival.
+    "ALTER TABLE deployments ADD COLUMN first_failed_at TEXT;",
+)
+
+
+_ARRIVAL: dict[str, str] = {
+    "dockerhub": "Docker Hub push of {tag}",
+    "manual": "manual deployment of {tag}",
+    "rollback": "rollback to {tag}",
+}
 
 
 def _now() -> str:
@@ -108,6 +126,7 @@ class Deployment(BaseModel):
     attempts: int
     not_before: str | None
     update_marker: str | None
+    first_failed_at: str | None = None
     created_at: str
     updated_at: str
     started_at: str | None
@@ -130,6 +149,9 @@ class PushRecord:
     callback_url: str | None = None
 
 
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
 class Journal:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -137,22 +159,35 @@ class Journal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._write() as conn:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"{self.path}: journal schema version {version} is newer than this release knows"
+                    f" ({SCHEMA_VERSION}); upgrade webhook-server"
+                )
+            for step in _MIGRATIONS[version:]:
+                for statement in (s for s in step.split(";") if s.strip()):
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def _connect(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         conn.row_factory = sqlite3.Row
         try:
             conn.execute("PRAGMA busy_timeout=30000")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             yield conn
         finally:
             conn.close()
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as conn:
+    def _write(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        with self._connect(durable=durable) as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -167,7 +202,7 @@ class Journal:
     ) -> list[Deployment]:
         """Store the push and one queued deployment per plan, durably, before anyone is told "accepted"."""
         now = _now()
-        with self._write() as conn:
+        with self._write(durable=True) as conn:
             push_id = self._insert_push(conn, push, outcome="accepted", reason=None, at=now)
             ids = []
             for plan in plans:
@@ -188,7 +223,7 @@ class Journal:
                 )
                 assert cur.lastrowid is not None
                 ids.append(cur.lastrowid)
-                self._log_transition(conn, cur.lastrowid, "queued", f"{push.trigger} push of {plan.tag}", now)
+                self._log_transition(conn, cur.lastrowid, "queued", _ARRIVAL[push.trigger].format(tag=plan.tag), now)
         return [self.get(i) for i in ids]
 
     def record_ignored(self, push: PushRecord, reason: str) -> int:
@@ -262,8 +297,13 @@ class Journal:
             ).fetchall()
         return [r["service"] for r in rows]
 
-    def running(self) -> list[Deployment]:
-        return self.find(state="running", limit=1_000_000)
+    def running(self, *, ready_only: bool = False) -> list[Deployment]:
+        """Deployments in progress; ``ready_only`` leaves out those waiting to retry following Swarm."""
+        found = self.find(state="running", limit=1_000_000)
+        if ready_only:
+            now = _now()
+            found = [d for d in found if d.not_before is None or d.not_before <= now]
+        return found
 
     def pushes(self, *, limit: int = 50) -> list[dict[str, object]]:
         """Recent pushes as received, accepted or ignored, newest first."""
@@ -275,24 +315,30 @@ class Journal:
         with self._connect() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM pushes").fetchone()[0])
 
-    def last_succeeded(self, service: str, *, before_id: int | None = None) -> list[Deployment]:
+    def last_succeeded(self, service: str) -> list[Deployment]:
         """Succeeded deployments of ``service``, newest first (the history rollbacks choose from)."""
-        query = "SELECT * FROM deployments WHERE service = ? AND state = 'succeeded' AND image_ref IS NOT NULL"
-        args: list[object] = [service]
-        if before_id is not None:
-            query += " AND id < ?"
-            args.append(before_id)
         with self._connect() as conn:
-            rows = conn.execute(query + " ORDER BY id DESC", args).fetchall()
+            rows = conn.execute(
+                "SELECT * FROM deployments WHERE service = ? AND state = 'succeeded' AND image_ref IS NOT NULL"
+                " ORDER BY id DESC",
+                (service,),
+            ).fetchall()
         return [Deployment(**dict(r)) for r in rows]
 
-    # ---- executing -------------------------------------------------------------------------------
-    def claim(self, service: str, choose: Callable[[Sequence[Candidate]], Candidate]) -> Deployment | None:
-        """Take the best queued deployment of ``service``; mark the other queued ones superseded by it.
+    def first_previous_image(self, service: str) -> Deployment | None:
+        """The oldest deployment of ``service`` that recorded what ran before it: the image the service had
+        before this tool first touched it."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT * FROM deployments WHERE service = ? AND previous_image IS NOT NULL ORDER BY id LIMIT 1",
+                (service,),
+            ).fetchone()
+        return Deployment(**dict(row)) if row is not None else None
 
-        Deployments still waiting out a retry delay are not claimable yet but are superseded all the same
-        when a better candidate runs: latest wins.
-        """
+    # ---- executing -------------------------------------------------------------------------------
+    def claim(self, service: str, decide: Callable[[Sequence[Candidate]], Coalesced]) -> Deployment | None:
+        """Apply ``decide`` to the queued deployments of ``service``: mark the losers superseded, the refused
+        skipped, and the chosen one running (returned). None when there is nothing to run now."""
         now = _now()
         with self._write() as conn:
             # At most one rollout per service, whoever asks: the journal is the arbiter, not a process.
@@ -303,27 +349,28 @@ class Journal:
                 " ORDER BY id",
                 (service,),
             ).fetchall()
-            if not rows or all(r["not_before"] and r["not_before"] > now for r in rows):
+            if not rows:
                 return None
-            # A rollback names one exact image: it runs on its own, in order, and competes with no push.
-            pinned = [r for r in rows if r["pinned_ref"]]
-            rows = [r for r in rows if not r["pinned_ref"]]
-            if pinned:
-                first = pinned[0]
-                if first["not_before"] and first["not_before"] > now:
-                    return None
-                best = Candidate(id=first["id"], tag=first["tag"], order=first["id"])
-                rows = []
-            else:
-                best = choose([Candidate(id=r["id"], tag=r["tag"], order=r["id"]) for r in rows])
-            for row in rows:
-                if row["id"] != best.id:
-                    conn.execute(
-                        "UPDATE deployments SET state = 'superseded', superseded_by = ?, updated_at = ?,"
-                        " finished_at = ?, message = ? WHERE id = ?",
-                        (best.id, now, now, f"superseded by deployment {best.id} ({best.tag})", row["id"]),
+            decision = decide(
+                [
+                    Candidate(
+                        id=r["id"],
+                        tag=r["tag"],
+                        order=r["id"],
+                        pinned=r["pinned_ref"] is not None,
+                        ready=not (r["not_before"] and r["not_before"] > now),
                     )
-                    self._log_transition(conn, row["id"], "superseded", f"by deployment {best.id}", now)
+                    for r in rows
+                ]
+            )
+            for candidate, reason in decision.refused:
+                self._end(conn, candidate.id, "skipped", reason, now)
+            best = decision.chosen
+            if best is None:
+                return None
+            for loser in decision.superseded:
+                conn.execute("UPDATE deployments SET superseded_by = ? WHERE id = ?", (best.id, loser.id))
+                self._end(conn, loser.id, "superseded", f"superseded by deployment {best.id} ({best.tag})", now)
             conn.execute(
                 "UPDATE deployments SET state = 'running', started_at = COALESCE(started_at, ?), updated_at = ?,"
                 " not_before = NULL WHERE id = ?",
@@ -331,6 +378,13 @@ class Journal:
             )
             self._log_transition(conn, best.id, "running", "claimed by the executor", now)
         return self.get(best.id)
+
+    def _end(self, conn: sqlite3.Connection, deployment_id: int, state: State, message: str, now: str) -> None:
+        conn.execute(
+            "UPDATE deployments SET state = ?, message = ?, updated_at = ?, finished_at = ? WHERE id = ?",
+            (state, message, now, now, deployment_id),
+        )
+        self._log_transition(conn, deployment_id, state, message, now)
 
     def update(
         self,
@@ -342,7 +396,15 @@ class Journal:
         **fields: str | int | None,
     ) -> Deployment:
         """Change a deployment; a new state (or a note) is also recorded as a transition."""
-        allowed = {"digest", "image_ref", "previous_image", "attempts", "not_before", "update_marker"}
+        allowed = {
+            "digest",
+            "image_ref",
+            "previous_image",
+            "attempts",
+            "not_before",
+            "update_marker",
+            "first_failed_at",
+        }
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"cannot set {sorted(unknown)}")
@@ -370,15 +432,21 @@ class Journal:
                 self._log_transition(conn, deployment_id, current, note or message, now)
         return self.get(deployment_id)
 
-    def requeue(self, deployment_id: int, *, delay: timedelta, reason: str) -> Deployment:
-        not_before = (datetime.now(UTC) + delay).isoformat(timespec="milliseconds")
+    def retry_later(
+        self, deployment_id: int, *, delay: timedelta, reason: str, state: Literal["queued", "running"] = "queued"
+    ) -> Deployment:
+        """Count a failed attempt and wait ``delay`` before the next: ``queued`` to start it again, ``running``
+        to go on following an update that reached Swarm."""
+        now = datetime.now(UTC)
         current = self.get(deployment_id)
         return self.update(
             deployment_id,
-            state="queued",
+            state=state if state != current.state else None,
             message=reason,
+            note=reason,
             attempts=current.attempts + 1,
-            not_before=not_before,
+            not_before=(now + delay).isoformat(timespec="milliseconds"),
+            first_failed_at=current.first_failed_at or now.isoformat(timespec="milliseconds"),
         )
 
     @staticmethod

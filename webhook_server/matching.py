@@ -3,7 +3,7 @@
 Two moments decide a deployment:
 - on arrival (``plan_push``, ``plan_manual``): the rules and the tag alone, so a push that cannot deploy is
   answered at once and never touches Docker;
-- just before the rollout (``policy_refusal_for``, ``pick_best``): against what runs now, because only then
+- just before the rollout (``coalesce``, ``policy_refusal_for``): against what runs now, because only then
   is it known, and it may have changed since the push arrived.
 """
 
@@ -100,15 +100,53 @@ class Candidate:
     id: int
     tag: str
     order: int
+    pinned: bool = False  # a rollback to one exact image: runs alone, in order, and competes with no push
+    ready: bool = True  # False while it waits out a retry delay
 
 
-def pick_best(rule: Rule, candidates: Sequence[Candidate]) -> Candidate:
-    """Latest wins: the highest semver for semver rules (ties: latest arrival), else the latest arrival."""
+@dataclass(frozen=True)
+class Coalesced:
+    """What to do with a service's queue now: run ``chosen``; the others lose to it or are refused."""
+
+    chosen: Candidate | None = None
+    superseded: tuple[Candidate, ...] = ()
+    refused: tuple[tuple[Candidate, str], ...] = ()
+
+
+def coalesce(
+    rule: Rule | None, candidates: Sequence[Candidate], *, running_image: str | None, known: bool
+) -> Coalesced:
+    """Latest wins, among what the rule's policy allows against what runs now.
+
+    ``known`` is False when what runs could not be read (Docker down): then the newest candidate is tried on
+    its own and nothing is superseded or refused, since neither can be decided without the running version.
+    A candidate waiting out a retry delay is not run early; if it is the best, nothing runs yet.
+    """
     if not candidates:
-        raise ValueError("pick_best needs at least one candidate")
+        return Coalesced()
+    pinned = sorted((c for c in candidates if c.pinned), key=lambda c: c.order)
+    if pinned:
+        return Coalesced(chosen=pinned[0] if pinned[0].ready else None)
+    if not known or rule is None:
+        ready = [c for c in candidates if c.ready]
+        return Coalesced(chosen=max(ready, key=lambda c: c.order) if ready else None)
+    refused = tuple(
+        (c, reason) for c in candidates if (reason := policy_refusal_for(rule, c.tag, running_image)) is not None
+    )
+    refused_ids = {c.id for c, _ in refused}
+    allowed = [c for c in candidates if c.id not in refused_ids]
+    if not allowed:
+        return Coalesced(refused=refused)
+    best = _best(rule, allowed)
+    if not best.ready:
+        return Coalesced()
+    return Coalesced(chosen=best, superseded=tuple(c for c in allowed if c.id != best.id), refused=refused)
+
+
+def _best(rule: Rule, candidates: Sequence[Candidate]) -> Candidate:
+    """The highest semver for semver rules (ties: latest arrival), else the latest arrival."""
     if rule.is_semver:
-        versioned = [(parse_tag_version(c.tag), c) for c in candidates]
-        ranked = [(v, c.order, c) for v, c in versioned if v is not None]
+        ranked = [(v, c.order, c) for c in candidates if (v := parse_tag_version(c.tag)) is not None]
         if ranked:
             return max(ranked, key=lambda item: (item[0], item[1]))[2]
     return max(candidates, key=lambda c: c.order)

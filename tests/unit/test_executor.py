@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import sqlite3
+import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from tests.fakes import FakeSwarm
-from webhook_server.executor import Executor, classify
+from webhook_server.cluster import ServiceState, TaskState
+from webhook_server.errors import DockerError, NotAllowed
+from webhook_server.executor import Executor, backoff, classify
 from webhook_server.journal import Journal, PushRecord
-from webhook_server.matching import DeployPlan
+from webhook_server.matching import Coalesced, DeployPlan
+from webhook_server.rollback import plan_rollback
 from webhook_server.rules import RuleSet, parse_rules
-from webhook_server.swarm import ServiceState
 
 IMAGE = "reg:5000/acme/api"
 RULES = parse_rules(
@@ -172,9 +176,9 @@ def test_docker_outage_requeues_with_backoff_then_fails_past_the_limit(journal: 
     assert "retrying in 1s" in (waiting.message or "")
     assert journal.services_with_queued_work() == []  # not before the backoff has passed
 
-    make_executor(journal, swarm, retry_limit=timedelta(0))._execute(journal.get(dep_id))
+    make_executor(journal, swarm, retry_limit=timedelta(0))._execute(journal.get(dep_id), None)
     failed = journal.get(dep_id)
-    assert failed.state == "failed" and failed.message == "gave up after 0:00:00: Docker is unreachable: fake outage"
+    assert failed.state == "failed" and failed.message == "gave up after 0s: Docker is unreachable: fake outage"
 
 
 def test_missing_service_fails(journal: Journal, swarm: FakeSwarm) -> None:
@@ -190,7 +194,7 @@ def test_resume_follows_an_update_that_reached_swarm(journal: Journal, swarm: Fa
     """The process died after starting the update: the next executor records Swarm's outcome."""
     digest = swarm.push(IMAGE, "1.1.0")
     [dep_id] = enqueue(journal, "api", "1.1.0")
-    claimed = journal.claim("api", lambda c: c[0])
+    claimed = journal.claim("api", lambda c: Coalesced(chosen=c[0]))
     assert claimed is not None
     target = f"{IMAGE}:1.1.0@{digest}"
     journal.update(dep_id, image_ref=target, update_marker=None)
@@ -205,7 +209,7 @@ def test_resume_follows_an_update_that_reached_swarm(journal: Journal, swarm: Fa
 def test_resume_requeues_an_update_that_never_reached_swarm(journal: Journal, swarm: FakeSwarm) -> None:
     digest = swarm.push(IMAGE, "1.1.0")
     [dep_id] = enqueue(journal, "api", "1.1.0")
-    journal.claim("api", lambda c: c[0])
+    journal.claim("api", lambda c: Coalesced(chosen=c[0]))
     journal.update(dep_id, image_ref=f"{IMAGE}:1.1.0@{digest}", update_marker=None)
 
     make_executor(journal, swarm).drain("api")
@@ -218,9 +222,9 @@ def test_resume_requeues_an_update_that_never_reached_swarm(journal: Journal, sw
 
 def test_claim_refuses_while_a_rollout_of_the_service_runs(journal: Journal) -> None:
     enqueue(journal, "api", "1.1.0", "1.2.0")
-    first = journal.claim("api", lambda c: c[0])
+    first = journal.claim("api", lambda c: Coalesced(chosen=c[0]))
     assert first is not None
-    assert journal.claim("api", lambda c: c[0]) is None
+    assert journal.claim("api", lambda c: Coalesced(chosen=c[0])) is None
 
 
 def _state(update_state: str | None, started: str | None, image: str = "img@sha256:a") -> ServiceState:
@@ -244,3 +248,212 @@ def _state(update_state: str | None, started: str | None, image: str = "img@sha2
 )
 def test_classify(state: ServiceState, outcome: str) -> None:
     assert classify(state, marker="old", target="img@sha256:a") == outcome
+
+
+# ---- hardening: each case below once went wrong -----------------------------------------------
+def test_coalescing_keeps_the_best_version_the_policy_allows(journal: Journal, swarm: FakeSwarm) -> None:
+    """Runs 1.0.0 under policy minor; 1.1.0 and 2.0.0 queue: 1.1.0 deploys, 2.0.0 is refused (not the reverse)."""
+    digest = swarm.push(IMAGE, "1.1.0")
+    swarm.push(IMAGE, "2.0.0")
+    minor, major = enqueue(journal, "api", "1.1.0", "2.0.0")
+
+    make_executor(journal, swarm).drain("api")
+
+    assert journal.get(minor).state == "succeeded"
+    assert journal.get(major).state == "skipped"
+    assert "policy 'minor' forbids it" in (journal.get(major).message or "")
+    assert swarm.updates() == [("update", "api", f"{IMAGE}:1.1.0@{digest}")]
+
+
+@pytest.mark.parametrize("attempts", [0, 5, 46, 47, 100, 10_000])
+def test_backoff_never_overflows(attempts: int) -> None:
+    assert backoff(attempts, timedelta(seconds=5)) <= timedelta(seconds=5)
+
+
+def test_retry_after_many_attempts_requeues_without_error(journal: Journal, swarm: FakeSwarm) -> None:
+    swarm.down = True
+    [dep_id] = enqueue(journal, "api", "1.1.0")
+    journal.update(dep_id, attempts=100, first_failed_at=_ago(seconds=1))
+
+    make_executor(journal, swarm, max_backoff=timedelta(seconds=5)).drain("api")
+
+    dep = journal.get(dep_id)
+    assert (dep.state, dep.attempts) == ("queued", 101)
+    assert "retrying in 5s" in (dep.message or "")
+
+
+def test_retry_limit_counts_from_the_first_failure_not_arrival(journal: Journal, swarm: FakeSwarm) -> None:
+    """A push that waited an hour behind others is not failed on its first hiccup."""
+    swarm.down = True
+    [dep_id] = enqueue(journal, "api", "1.1.0")
+    _set_created_at(journal, dep_id, _ago(seconds=3600))
+
+    make_executor(journal, swarm, retry_limit=timedelta(minutes=10)).drain("api")
+
+    dep = journal.get(dep_id)
+    assert dep.state == "queued" and dep.first_failed_at is not None
+
+
+def test_a_waiting_best_candidate_is_not_overtaken_by_a_worse_ready_one(journal: Journal, swarm: FakeSwarm) -> None:
+    swarm.push(IMAGE, "1.1.0")
+    swarm.push(IMAGE, "1.2.0")
+    best, worse = enqueue(journal, "api", "1.2.0", "1.1.0")
+    journal.retry_later(best, delay=timedelta(hours=1), reason="Docker is unreachable")
+
+    make_executor(journal, swarm).drain("api")
+
+    assert journal.get(best).state == "queued"
+    assert journal.get(worse).state == "queued"
+    assert swarm.updates() == []
+
+
+def test_resume_during_an_outage_backs_off_and_gives_up_past_the_limit(journal: Journal, swarm: FakeSwarm) -> None:
+    """A deployment left running while Docker is down must not block its service for ever."""
+    digest = swarm.push(IMAGE, "1.1.0")
+    [dep_id] = enqueue(journal, "api", "1.1.0")
+    journal.claim("api", lambda c: Coalesced(chosen=c[0]))
+    journal.update(dep_id, image_ref=f"{IMAGE}:1.1.0@{digest}", update_marker=None)
+    swarm.down = True
+
+    make_executor(journal, swarm).drain("api")
+    waiting = journal.get(dep_id)
+    assert (waiting.state, waiting.attempts) == ("running", 1)
+    assert journal.running(ready_only=True) == []  # not retried before its delay
+
+    journal.update(dep_id, not_before=None, first_failed_at=_ago(seconds=60))
+    make_executor(journal, swarm, retry_limit=timedelta(seconds=30)).drain("api")
+    failed = journal.get(dep_id)
+    assert failed.state == "failed"
+    assert (failed.message or "").startswith("lost contact with Docker for more than 30s during the update")
+
+
+def test_an_update_whose_answer_was_lost_is_followed_to_swarms_outcome(journal: Journal, swarm: FakeSwarm) -> None:
+    """A read timeout after the update reached Swarm: follow it, never record "skipped"."""
+    digest = swarm.push(IMAGE, "1.1.0")
+    swarm.crashing.add(f"{IMAGE}:1.1.0@{digest}")
+    swarm.lost_answers = 1
+    [dep_id] = enqueue(journal, "api", "1.1.0")
+
+    make_executor(journal, swarm).drain("api")
+
+    dep = journal.get(dep_id)
+    assert dep.state == "rolled_back", dep.message
+    assert len(swarm.updates()) == 1
+
+
+def test_an_update_lost_before_swarm_saw_it_is_sent_again(journal: Journal, swarm: FakeSwarm) -> None:
+    digest = swarm.push(IMAGE, "1.1.0")
+    swarm.dropped_requests = 1
+    [dep_id] = enqueue(journal, "api", "1.1.0")
+
+    make_executor(journal, swarm).drain("api")
+
+    assert journal.get(dep_id).state == "succeeded"
+    assert swarm.updates() == [("update", "api", f"{IMAGE}:1.1.0@{digest}")] * 2
+
+
+def test_rollback_message_carries_the_tasks_errors(journal: Journal, swarm: FakeSwarm) -> None:
+    digest = swarm.push(IMAGE, "1.1.0")
+    target = f"{IMAGE}:1.1.0@{digest}"
+    swarm.crashing.add(target)
+    swarm.task_list["api"] = [
+        TaskState(
+            node="node-2", image=target, state="failed", desired_state="shutdown", error="task: non-zero exit (1)"
+        ),
+        TaskState(node="node-1", image=f"{IMAGE}:1.0.0", state="running", desired_state="running"),
+    ]
+    [dep_id] = enqueue(journal, "api", "1.1.0")
+
+    make_executor(journal, swarm).drain("api")
+
+    message = journal.get(dep_id).message or ""
+    assert message.endswith("; task on node-2: failed: task: non-zero exit (1)"), message
+
+
+def test_timeout_says_what_swarm_still_says_in_the_rules_units(journal: Journal, swarm: FakeSwarm) -> None:
+    digest = swarm.push(IMAGE, "1.1.0")
+    swarm.stuck.add(f"{IMAGE}:1.1.0@{digest}")
+    rules = parse_rules(f"services:\n  api: {{repository: acme/api, image: {IMAGE}, tags: semver, timeout: 10ms}}\n")
+    [dep_id] = enqueue(journal, "api", "1.1.0")
+
+    make_executor(journal, swarm, rules=rules).drain("api")
+
+    dep = journal.get(dep_id)
+    assert dep.state == "failed"
+    assert dep.message == "no outcome within 10ms; Swarm still says updating: update in progress"
+
+
+def test_a_rollout_swarm_cannot_place_fails_with_swarms_reason(journal: Journal, swarm: FakeSwarm) -> None:
+    digest = swarm.push(IMAGE, "1.1.0")
+    target = f"{IMAGE}:1.1.0@{digest}"
+    swarm.stuck.add(target)
+    reason = "no suitable node (max replicas per node limit exceed)"
+    swarm.task_list["api"] = [TaskState(node="", image=target, state="pending", desired_state="running", error=reason)]
+    [dep_id] = enqueue(journal, "api", "1.1.0")
+
+    make_executor(journal, swarm, unschedulable_grace=timedelta(0)).drain("api")
+
+    dep = journal.get(dep_id)
+    assert (dep.state, dep.message) == ("failed", f"Swarm cannot place the new tasks: {reason}")
+
+
+def test_shutdown_leaves_the_watch_running_with_a_note_for_the_next_executor(
+    journal: Journal, swarm: FakeSwarm
+) -> None:
+    digest = swarm.push(IMAGE, "1.1.0")
+    swarm.stuck.add(f"{IMAGE}:1.1.0@{digest}")
+    [dep_id] = enqueue(journal, "api", "1.1.0")
+    executor = make_executor(journal, swarm)
+    stop = threading.Event()
+    stop.set()
+    executor._stop = stop
+
+    executor._execute(journal.claim("api", lambda c: Coalesced(chosen=c[0])), None)  # type: ignore[arg-type]
+
+    dep = journal.get(dep_id)
+    assert dep.state == "running"
+    assert journal.transitions(dep_id)[-1].message == "executor stopping; the next executor follows this rollout"
+    swarm.stuck.clear()
+    swarm._pending["api"] = [("completed", "update completed", dep.image_ref or "")]
+    make_executor(journal, swarm).drain("api")
+    assert journal.get(dep_id).state == "succeeded"
+
+
+def test_non_connection_errors_fail_at_once(journal: Journal, swarm: FakeSwarm) -> None:
+    swarm.push(IMAGE, "1.1.0")
+    swarm.update_error = DockerError("update service api: Credentials store error: StoreError('not found')")
+    [dep_id] = enqueue(journal, "api", "1.1.0")
+
+    make_executor(journal, swarm).drain("api")
+
+    dep = journal.get(dep_id)
+    assert (dep.state, dep.attempts) == ("failed", 0)
+    assert "Credentials store error" in (dep.message or "")
+
+
+def _ago(*, seconds: float) -> str:
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
+
+
+def _set_created_at(journal: Journal, dep_id: int, at: str) -> None:
+    with sqlite3.connect(journal.path) as conn:
+        conn.execute("UPDATE deployments SET created_at = ? WHERE id = ?", (at, dep_id))
+
+
+# ---- rollback targets -------------------------------------------------------------------------
+def test_rollback_can_return_to_the_image_from_before_the_first_deployment(journal: Journal, swarm: FakeSwarm) -> None:
+    original = swarm.services["api"].image
+    swarm.push(IMAGE, "1.1.0")
+    [dep_id] = enqueue(journal, "api", "1.1.0")
+    make_executor(journal, swarm).drain("api")
+
+    plan, target = plan_rollback(journal=journal, rules=RULES, service="api", running_image=swarm.services["api"].image)
+
+    assert (target.image_ref, target.id) == (original, None)
+    assert f"before its first deployment here ({dep_id})" in target.description
+    assert plan.tag == "1.0.0"
+
+
+def test_rollback_with_nothing_earlier_says_what_is_possible(journal: Journal, swarm: FakeSwarm) -> None:
+    with pytest.raises(NotAllowed, match=r"deploy a tag instead \(webhook-server deploy SERVICE TAG\)"):
+        plan_rollback(journal=journal, rules=RULES, service="api", running_image=swarm.services["api"].image)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import pytest
@@ -10,9 +11,10 @@ import yaml
 from webhook_server.errors import NotAllowed, RuleNotFound
 from webhook_server.matching import (
     Candidate,
+    Coalesced,
     DeployPlan,
     Ignored,
-    pick_best,
+    coalesce,
     plan_manual,
     plan_push,
     policy_refusal_for,
@@ -213,28 +215,112 @@ def test_policy_refusal_for_registry_image_with_port() -> None:
     assert policy_refusal_for(rule, "1.2.2", f"reg:5000/acme/api:1.2.3@{DIGEST}") == OLDER.format(c="1.2.2", r="1.2.3")
 
 
-# ---- pick_best --------------------------------------------------------------------------------
-PICKS: list[tuple[str, str, list[tuple[int, str, int]], int]] = [
-    # id, service, candidates (id, tag, order), winning id
+# ---- coalesce ---------------------------------------------------------------------------------
+Row = tuple[int, str, int]  # id, tag, order
+PICKS: list[tuple[str, str, list[Row], int]] = [
+    # id, service, candidates, winning id (nothing runs yet, so only the tag filter and pre-releases refuse)
     ("single", "api", [(1, "1.0.0", 1)], 1),
     ("semver-highest-wins-over-later", "api", [(1, "1.10.0", 1), (2, "1.9.0", 2)], 1),
     ("semver-highest-arrived-last", "api", [(1, "1.2.0", 1), (2, "1.3.0", 2)], 2),
     ("release-beats-its-pre-release", "edge", [(1, "2.0.0", 1), (2, "2.0.0-rc.9", 2)], 1),
     ("tie-latest-arrival", "api", [(1, "v1.2.3", 5), (2, "1.2.3", 7), (3, "1.2.0", 9)], 2),
     ("tie-latest-arrival-order-not-position", "api", [(1, "1.2.3", 7), (2, "v1.2.3", 5)], 1),
-    ("non-semver-candidates-ignored", "api", [(1, "1.0.0", 1), (2, "latest", 2)], 1),
-    ("semver-rule-only-non-semver", "api", [(1, "latest", 3), (2, "edge", 8), (3, "beta", 5)], 2),
+    ("non-semver-candidates-refused", "api", [(1, "1.0.0", 1), (2, "latest", 2)], 1),
     ("non-semver-rule-latest-arrival", "web", [(1, "release-9", 2), (2, "release-10", 4), (3, "release-1", 3)], 2),
     ("non-semver-rule-ignores-versions", "nightly", [(1, "9.0.0", 1), (2, "1.0.0", 2)], 2),
 ]
 
 
+def _candidates(rows: list[Row], *, waiting: Collection[int] = (), pinned: Collection[int] = ()) -> list[Candidate]:
+    return [Candidate(id=i, tag=t, order=o, ready=i not in waiting, pinned=i in pinned) for i, t, o in rows]
+
+
 @pytest.mark.parametrize(("service", "candidates", "winner"), [p[1:] for p in PICKS], ids=[p[0] for p in PICKS])
-def test_pick_best(rules: RuleSet, service: str, candidates: list[tuple[int, str, int]], winner: int) -> None:
-    picked = pick_best(rules.rules[service], [Candidate(id=i, tag=t, order=o) for i, t, o in candidates])
-    assert picked.id == winner
+def test_coalesce_latest_wins(rules: RuleSet, service: str, candidates: list[Row], winner: int) -> None:
+    result = coalesce(rules.rules[service], _candidates(candidates), running_image=None, known=True)
+    assert result.chosen is not None and result.chosen.id == winner
+    decided = {result.chosen.id} | {c.id for c in result.superseded} | {c.id for c, _ in result.refused}
+    assert decided == {i for i, _, _ in candidates}, "every candidate is decided exactly once"
 
 
-def test_pick_best_needs_a_candidate(rules: RuleSet) -> None:
-    with pytest.raises(ValueError, match=r"^pick_best needs at least one candidate$"):
-        pick_best(rules.rules["api"], [])
+RUNS_1_0 = f"acme/api:1.0.0@{DIGEST}"
+# id, service, running image, candidates, waiting (retry delay), pinned, chosen, superseded, refused
+POLICY_CASES: list[tuple[str, str, str | None, list[Row], set[int], set[int], int | None, set[int], set[int]]] = [
+    # The best version the policy refuses must not supersede one it allows (1.1.0 under minor from 1.0.0).
+    ("minor-keeps-allowed", "api", RUNS_1_0, [(1, "1.1.0", 1), (2, "2.0.0", 2)], set(), set(), 1, set(), {2}),
+    (
+        "minor-best-allowed",
+        "api",
+        RUNS_1_0,
+        [(1, "1.1.0", 1), (2, "1.3.0", 2), (3, "2.0.0", 3)],
+        set(),
+        set(),
+        2,
+        {1},
+        {3},
+    ),
+    ("all-refused", "api", RUNS_1_0, [(1, "0.9.0", 1), (2, "2.0.0", 2)], set(), set(), None, set(), {1, 2}),
+    (
+        "older-refused",
+        "plain",
+        RUNS_1_0.replace("api", "edge-plain"),
+        [(1, "0.9.0", 1), (2, "1.0.1", 2)],
+        set(),
+        set(),
+        2,
+        set(),
+        {1},
+    ),
+    # A candidate waiting out a retry delay keeps its turn: nothing else jumps ahead of it early.
+    ("best-waiting", "api", RUNS_1_0, [(1, "1.2.0", 1), (2, "1.1.0", 2)], {1}, set(), None, set(), set()),
+    ("newer-ready-beats-waiting", "api", RUNS_1_0, [(1, "1.1.0", 1), (2, "1.2.0", 2)], {1}, set(), 2, {1}, set()),
+    # Rollbacks run alone, oldest first, and supersede no push.
+    (
+        "pinned-first",
+        "api",
+        RUNS_1_0,
+        [(1, "1.2.0", 1), (2, "0.9.0", 2), (3, "0.8.0", 3)],
+        set(),
+        {2, 3},
+        2,
+        set(),
+        set(),
+    ),
+    ("pinned-waiting", "api", RUNS_1_0, [(1, "1.2.0", 1), (2, "0.9.0", 2)], {2}, {2}, None, set(), set()),
+]
+
+
+@pytest.mark.parametrize(
+    ("service", "running", "rows", "waiting", "pinned", "chosen", "superseded", "refused"),
+    [c[1:] for c in POLICY_CASES],
+    ids=[c[0] for c in POLICY_CASES],
+)
+def test_coalesce_against_what_runs(
+    rules: RuleSet,
+    service: str,
+    running: str | None,
+    rows: list[Row],
+    waiting: set[int],
+    pinned: set[int],
+    chosen: int | None,
+    superseded: set[int],
+    refused: set[int],
+) -> None:
+    result = coalesce(
+        rules.rules[service], _candidates(rows, waiting=waiting, pinned=pinned), running_image=running, known=True
+    )
+    assert (result.chosen.id if result.chosen else None) == chosen
+    assert {c.id for c in result.superseded} == superseded
+    assert {c.id for c, _ in result.refused} == refused
+    assert all(reason for _, reason in result.refused)
+
+
+def test_coalesce_unknown_running_decides_nothing_but_the_newest(rules: RuleSet) -> None:
+    rows = [(1, "1.1.0", 1), (2, "2.0.0", 2), (3, "1.5.0", 3)]
+    result = coalesce(rules.rules["api"], _candidates(rows, waiting={3}), running_image=None, known=False)
+    assert result.chosen is not None and result.chosen.id == 2
+    assert result.superseded == () and result.refused == ()
+
+
+def test_coalesce_nothing_queued(rules: RuleSet) -> None:
+    assert coalesce(rules.rules["api"], [], running_image=RUNS_1_0, known=True) == Coalesced()

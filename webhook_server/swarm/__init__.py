@@ -1,5 +1,5 @@
 """The Docker adapter: the only package that imports ``docker``."""
 
-from webhook_server.swarm.services import ServiceState, SwarmServices
+from webhook_server.swarm.services import SwarmServices
 
-__all__ = ["ServiceState", "SwarmServices"]
+__all__ = ["SwarmServices"]

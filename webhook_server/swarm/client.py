@@ -6,21 +6,29 @@ Only modules in this package import ``docker``.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import docker
 import docker.errors
 import requests
 
-from webhook_server.errors import DockerError, DockerUnavailable, UpdateOutOfSequence
+from webhook_server.errors import DockerError, DockerUnavailable, UpdateOutOfSequence, UpdateUncertain
+
+DEFAULT_HOST = "unix:///var/run/docker.sock"
 
 # Connection problems surface from requests/urllib3 or the OS, depending on where the socket fails.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     requests.exceptions.ConnectionError,
-    requests.exceptions.Timeout,
+    requests.exceptions.ConnectTimeout,
     ConnectionError,
     FileNotFoundError,
 )
+
+
+def host_of(docker_host: str | None) -> str:
+    """The Docker host a client for ``docker_host`` talks to, as error messages name it."""
+    return docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
 
 
 def connect(docker_host: str | None = None, *, timeout: float = 30.0) -> docker.DockerClient:
@@ -33,9 +41,23 @@ def connect(docker_host: str | None = None, *, timeout: float = 30.0) -> docker.
     return docker.from_env(version="auto", timeout=timeout)
 
 
+def _caused_by_connection(e: BaseException) -> bool:
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, CONNECTION_ERRORS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 @contextlib.contextmanager
-def translated(action: str) -> Iterator[None]:
-    """Turn errors from Docker into DockerError subclasses that say what was being done."""
+def translated(action: str, *, host: str | None = None, sent: bool = False) -> Iterator[None]:
+    """Turn errors from Docker into DockerError subclasses that say what was being done, and where.
+
+    ``sent``: the call changes state, so a read timeout means "it may have happened" (UpdateUncertain),
+    not "Docker is down": retrying blindly could misread our own update as someone else's.
+    """
+    host = host_of(host)
     try:
         yield
     except DockerError:
@@ -44,9 +66,24 @@ def translated(action: str) -> Iterator[None]:
         explanation = str(e.explanation or e)
         if "update out of sequence" in explanation:
             raise UpdateOutOfSequence(f"{action}: {explanation}") from e
-        raise DockerError(f"{action}: {explanation}") from e
+        raise DockerError(f"{action}: {explanation} (Docker at {host})") from e
+    except requests.exceptions.ReadTimeout as e:
+        if sent:
+            raise UpdateUncertain(f"{action}: Docker at {host} did not answer in time") from e
+        raise DockerUnavailable(f"{action}: Docker at {host} did not answer in time") from e
     except docker.errors.DockerException as e:
-        # docker-py raises a bare DockerException when it cannot even negotiate the API version.
-        raise DockerUnavailable(f"{action}: Docker is unreachable: {e}") from e
+        # docker-py wraps a failed API-version negotiation in a bare DockerException; anything else of that
+        # type (a credential store failing, an invalid reference) is a real error that retrying cannot fix.
+        if _caused_by_connection(e):
+            raise DockerUnavailable(f"{action}: Docker at {host} is unreachable: {_root(e)}") from e
+        raise DockerError(f"{action}: {e} (Docker at {host})") from e
     except CONNECTION_ERRORS as e:
-        raise DockerUnavailable(f"{action}: Docker is unreachable: {e.__class__.__name__}") from e
+        raise DockerUnavailable(f"{action}: Docker at {host} is unreachable: {_root(e)}") from e
+
+
+def _root(e: BaseException) -> str:
+    """The innermost cause's name and message: 'ConnectionRefusedError: [Errno 111] Connection refused'."""
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    text = str(e).strip()
+    return f"{e.__class__.__name__}: {text}" if text else e.__class__.__name__

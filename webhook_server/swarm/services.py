@@ -6,41 +6,19 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import docker
 import docker.errors
 from docker.types import UpdateConfig
 
-from webhook_server.errors import DockerUnavailable, ImageNotFound, ServiceNotFound, UpdateOutOfSequence
-from webhook_server.refs import ImageRef
+from webhook_server.cluster import NodeStatus, ServiceState, TaskState
+from webhook_server.errors import DockerError, DockerUnavailable, ImageNotFound, ServiceNotFound, UpdateOutOfSequence
 from webhook_server.rules import UpdateSettings
-from webhook_server.swarm.client import connect, translated
+from webhook_server.swarm.client import connect, host_of, translated
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ServiceState:
-    """What Swarm says about a service, reduced to what rollouts need."""
-
-    name: str
-    id: str
-    version: int
-    image: str
-    update_state: str | None = None
-    update_message: str | None = None
-    update_started_at: str | None = None
-
-    @property
-    def digest(self) -> str | None:
-        return ImageRef.parse(self.image).digest
-
-    def runs(self, target: str) -> bool:
-        """Whether the service already runs ``target`` (the same reference, or the same digest)."""
-        digest = ImageRef.parse(target).digest
-        return self.image == target or (digest is not None and self.digest == digest)
 
 
 def _nanoseconds(value: timedelta) -> int:
@@ -71,15 +49,19 @@ class SwarmServices:
         # Connected on first use (and again after an outage) so the server starts while Docker is down.
         with self._lock:
             if self._client is None:
-                with translated("connect to Docker"):
+                with translated("connect to Docker", host=self.host):
                     self._client = connect(self._docker_host, timeout=self._timeout)
             return self._client
 
+    @property
+    def host(self) -> str:
+        return host_of(self._docker_host)
+
     @contextlib.contextmanager
-    def _talking(self, action: str) -> Iterator[None]:
+    def _talking(self, action: str, *, sent: bool = False) -> Iterator[None]:
         """Translate errors; after an outage, drop the client so the next call reconnects."""
         try:
-            with translated(action):
+            with translated(action, host=self.host, sent=sent):
                 yield
         except DockerUnavailable:
             with self._lock:
@@ -89,6 +71,48 @@ class SwarmServices:
     def ping(self) -> None:
         with self._talking("ping Docker"):
             self._docker().ping()
+
+    def node(self) -> NodeStatus:
+        """The node behind DOCKER_HOST and whether it can manage the swarm; never raises."""
+        try:
+            with self._talking("read Docker's swarm status"):
+                info = self._docker().info()
+        except DockerError as e:
+            return NodeStatus(docker_host=self.host, problems=(e.message,))
+        swarm = info.get("Swarm") or {}
+        is_manager = bool(swarm.get("ControlAvailable"))
+        state = str(swarm.get("LocalNodeState") or "")
+        problems: list[str] = []
+        if state != "active":
+            problems.append(f"the Docker node at {self.host} is not in a swarm (state: {state or 'unknown'})")
+        elif not is_manager:
+            problems.append(
+                f"the Docker node at {self.host} is a swarm worker; services can only be updated on a manager"
+            )
+        return NodeStatus(
+            docker_host=self.host,
+            node_id=str(swarm.get("NodeID") or ""),
+            hostname=str(info.get("Name") or ""),
+            is_manager=is_manager,
+            swarm_state=state,
+            problems=tuple(problems),
+        )
+
+    def service_names(self) -> set[str]:
+        with self._talking("list services"):
+            return {str(s["Spec"]["Name"]) for s in self._docker().api.services()}
+
+    def tasks(self, service: str) -> list[TaskState]:
+        """The service's tasks, newest first, with the node each runs on and Swarm's reason for its state."""
+        with self._talking(f"list tasks of {service}"):
+            client = self._docker()
+            try:
+                raw = client.api.tasks(filters={"service": service})
+            except docker.errors.NotFound as e:
+                raise ServiceNotFound(service) from e
+            names = {n["ID"]: n.get("Description", {}).get("Hostname", n["ID"]) for n in client.api.nodes()}
+        raw.sort(key=lambda t: t.get("UpdatedAt", ""), reverse=True)
+        return [_task(t, names) for t in raw]
 
     def resolve_digest(self, image: str, tag: str) -> str:
         """The registry's manifest digest for image:tag; ImageNotFound if the registry has no such tag."""
@@ -109,7 +133,7 @@ class SwarmServices:
         ``expected_version`` is the version the caller decided on: if the service changed since, Swarm
         refuses with UpdateOutOfSequence and the caller re-decides.
         """
-        with self._talking(f"update service {service}"):
+        with self._talking(f"update service {service}", sent=True):
             model = self._get(service)
             if model.version != expected_version:
                 raise UpdateOutOfSequence(
@@ -126,6 +150,19 @@ class SwarmServices:
             return self._docker().services.get(service)
         except docker.errors.NotFound as e:
             raise ServiceNotFound(service) from e
+
+
+def _task(raw: dict[str, Any], node_names: dict[str, str]) -> TaskState:
+    status = raw.get("Status") or {}
+    node_id = str(raw.get("NodeID") or "")
+    return TaskState(
+        node=node_names.get(node_id, node_id),
+        image=str(raw.get("Spec", {}).get("ContainerSpec", {}).get("Image", "")),
+        state=str(status.get("State", "")),
+        desired_state=str(raw.get("DesiredState", "")),
+        message=str(status.get("Message", "")),
+        error=str(status.get("Err", "")),
+    )
 
 
 def _state(model: docker.models.services.Service) -> ServiceState:
