@@ -42,14 +42,38 @@ class VersionRange:
 
     @classmethod
     def parse(cls, text: str) -> VersionRange:
+        if not text.strip():
+            raise ValueError("no range after 'semver:': write 'semver' for any version, or a range such as >=1.2,<2")
         comparators = []
         for part in (p.strip() for p in text.split(",")):
+            if not part:
+                raise ValueError(f"{text!r} has an empty comparator: separate comparators with single commas")
             match = _COMPARATOR.fullmatch(part)
             if not match:
+                if all(_COMPARATOR.fullmatch(p) for p in part.split()):
+                    joined = ",".join(part.split())
+                    raise ValueError(f"{part!r}: separate comparators with commas ({joined})")
                 raise ValueError(f"{part!r} is not a version comparator: use forms like >=1.2, <2, ==1.4.0, !=1.3.1")
             op, version = match.group(1) or "==", match.group(2)
             comparators.append((op, semver.Version.parse(version, optional_minor_and_patch=True)))
-        return cls(text=text, comparators=tuple(comparators))
+        parsed = cls(text=text, comparators=tuple(comparators))
+        if parsed._empty():
+            # A rule whose range admits nothing would accept every push and silently deploy none of them.
+            raise ValueError(f"{text!r} matches no version")
+        return parsed
+
+    def _empty(self) -> bool:
+        """Whether the bounds contradict each other (">=2,<1", "==1.2,!=1.2", ">1,<1")."""
+        lows = [(v, op in (">",)) for op, v in self.comparators if op in (">=", ">", "==", "=")]
+        highs = [(v, op in ("<",)) for op, v in self.comparators if op in ("<=", "<", "==", "=")]
+        if lows and highs:
+            low, low_strict = max(lows, key=lambda b: (b[0], b[1]))
+            high, high_strict = min(highs, key=lambda b: (b[0], not b[1]))
+            if low > high or (low == high and (low_strict or high_strict)):
+                return True
+        exact = {v for op, v in self.comparators if op in ("==", "=")}
+        excluded = {v for op, v in self.comparators if op == "!="}
+        return bool(exact & excluded) or len(exact) > 1
 
     def contains(self, version: semver.Version) -> bool:
         return all(_OPS[op](version, bound) for op, bound in self.comparators)

@@ -78,10 +78,6 @@ BAD_RANGES = [
     ("^1", "^1"),
     ("=>1", "=>1"),
     ("1.2.3.4", "1.2.3.4"),
-    ("", ""),
-    (">=1.2,", ""),
-    (">=1.2,,<2", ""),
-    (">=1.2 <2", ">=1.2 <2"),
     ("latest", "latest"),
     (">=x", ">=x"),
 ]
@@ -92,6 +88,34 @@ def test_range_parse_invalid(text: str, part: str) -> None:
     with pytest.raises(ValueError) as exc:
         VersionRange.parse(text)
     assert str(exc.value) == (f"{part!r} is not a version comparator: use forms like >=1.2, <2, ==1.4.0, !=1.3.1")
+
+
+OTHER_BAD_RANGES = [
+    ("", "no range after 'semver:': write 'semver' for any version, or a range such as >=1.2,<2"),
+    ("  ", "no range after 'semver:': write 'semver' for any version, or a range such as >=1.2,<2"),
+    (">=1.2,", "'>=1.2,' has an empty comparator: separate comparators with single commas"),
+    (">=1.2,,<2", "'>=1.2,,<2' has an empty comparator: separate comparators with single commas"),
+    (">=1.2 <2", "'>=1.2 <2': separate comparators with commas (>=1.2,<2)"),
+    (">=2,<1", "'>=2,<1' matches no version"),
+    (">1,<1", "'>1,<1' matches no version"),
+    (">=1,<1", "'>=1,<1' matches no version"),
+    (">1,<=1", "'>1,<=1' matches no version"),
+    ("==1.2,!=1.2", "'==1.2,!=1.2' matches no version"),
+    ("==1.2,==1.3", "'==1.2,==1.3' matches no version"),
+    ("==1.2,<1.2", "'==1.2,<1.2' matches no version"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), OTHER_BAD_RANGES, ids=[t or "empty" for t, _ in OTHER_BAD_RANGES])
+def test_range_parse_says_what_to_fix(text: str, message: str) -> None:
+    with pytest.raises(ValueError) as exc:
+        VersionRange.parse(text)
+    assert str(exc.value) == message
+
+
+@pytest.mark.parametrize("text", [">=1,<=1", "==1.2,>=1", ">=1.2,!=1.3,<2", "=1.2.3", ">=1.0.0-rc.1,<1.0.0"])
+def test_narrow_ranges_that_admit_a_version_are_accepted(text: str) -> None:
+    VersionRange.parse(text)
 
 
 CONTAINS = [
