@@ -242,6 +242,20 @@ class Rule(BaseModel):
         # Without an explicit policy a semver rule takes any newer release, never a pre-release.
         return self.policy or "major"
 
+    def describe(self) -> str:
+        """One line for ``check-rules``, durations written as in the file:
+        ``acme/api → acme/api, tags semver, policy minor, timeout 5m, update 1 at a time every 5s,
+        start-first, monitor 15s, on failure rollback``."""
+        u = self.update
+        target = self.repository if self.image == self.repository else f"{self.repository} → {self.image}"
+        policy = f", policy {self.effective_policy}" if self.is_semver else ""
+        batch = "all at once" if u.parallelism == 0 else f"{u.parallelism} at a time"
+        ratio = f" (tolerating {u.max_failure_ratio:.0%} failed)" if u.max_failure_ratio else ""
+        return (
+            f"{target}, tags {self.tags}{policy}, timeout {self.timeout}, update {batch} every {u.delay}, "
+            f"{u.order}, monitor {u.monitor}, on failure {u.failure_action}{ratio}"
+        )
+
 
 class RuleSet(BaseModel):
     model_config = _FROZEN

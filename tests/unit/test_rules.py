@@ -658,3 +658,28 @@ def test_rule_durations_print_as_written(
 ) -> None:
     rule = rules_of({"api": {"repository": "acme/api", "tags": "latest", **entry}}, defaults=defaults).rules["api"]
     assert (str(rule.update.delay), str(rule.update.monitor), f"{rule.timeout}") == texts
+
+
+DESCRIBED: list[tuple[dict[str, Any], str]] = [
+    (
+        {"repository": "acme/api", "tags": "semver", "policy": "minor"},
+        "acme/api, tags semver, policy minor, timeout 5m, update 1 at a time every 5s, start-first, monitor 15s, "
+        "on failure rollback",
+    ),
+    (
+        {
+            "repository": "acme/web",
+            "image": "reg.example.com/acme/web",
+            "tags": "glob:release-*",
+            "timeout": "90s",
+            "update": {"parallelism": 0, "delay": "500ms", "monitor": "2m", "max_failure_ratio": 0.25},
+        },
+        "acme/web → reg.example.com/acme/web, tags glob:release-*, timeout 1m30s, update all at once every 500ms, "
+        "start-first, monitor 2m, on failure rollback (tolerating 25% failed)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("entry", "line"), DESCRIBED, ids=["semver", "glob-tuned"])
+def test_describe_writes_durations_as_the_file_does(entry: dict[str, Any], line: str) -> None:
+    assert rules_of({"svc": entry}).rules["svc"].describe() == line
