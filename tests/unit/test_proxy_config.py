@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import itertools
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from webhook_server.errors import RulesError
+from webhook_server.proxy import config as proxy_config
 from webhook_server.proxy.config import ProxyConfig, ResolverAddress, parse_version
 from webhook_server.rules import parse_rules
 
@@ -253,3 +255,61 @@ def test_rules_errors_are_located() -> None:
         "(letters, digits, '-' and '.')",
         "line 11: proxy.sites.0.upstream.host: 'web }' is not a valid Swarm service name or IPv4 address",
     ]
+
+
+# Values the field patterns once let through and the renderer then refused (a traceback from render-nginx
+# after check-rules said OK) or wrote differently (a sub-millisecond timeout became "0ms"). Each is now
+# refused by the rules' own validation, with its line.
+RENDER_REFUSED = [
+    ("listen: {addresses: ['fe80::1%eth0']}", "line 10: proxy.listen.addresses.0: must be '*'; 'fe80::1%eth0' "
+     "cannot be written into nginx.conf (nginx takes no IPv6 zone index such as %eth0)"),
+    ("resolvers: '[fe80::1%eth0]:53'", "line 10: proxy.resolvers.0.address: 'fe80::1%eth0' cannot be written "
+     "into nginx.conf (nginx takes no IPv6 zone index such as %eth0)"),
+    ("real_ip_from: ['fe80::%eth0/64']", "line 10: proxy.real_ip_from.0: 'fe80::%eth0/64' cannot be written "
+     "into nginx.conf (nginx takes no IPv6 zone index such as %eth0)"),
+    ("resolver_valid: 1.0005s", "line 10: proxy.resolver_valid: must be a whole number of milliseconds"),
+    ("sites: [{server_names: [a.example.com], upstream: {host: w, port: 1}, timeouts: {read: 0.0001}}]",
+     "line 10: proxy.sites.0.timeouts.read: must be a whole number of milliseconds"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("entry", "problem"), RENDER_REFUSED, ids=[e for e, _ in RENDER_REFUSED])
+def test_check_rules_refuses_what_the_renderer_would(entry: str, problem: str) -> None:
+    text = RULES + (
+        "proxy:\n"
+        "  webhook:\n"
+        "    server_name: hooks.example.com\n"
+        "    upstream: {host: w, port: 8000}\n"
+        "    api_allow: ['10.0.0.0/8']\n"
+        f"  {entry}\n"
+    )
+    with pytest.raises(RulesError) as info:
+        parse_rules(text, source="deploy_rules.yaml")
+    assert info.value.problems == [problem]
+
+
+def test_api_allow_zone_index_is_refused_with_its_line() -> None:
+    text = RULES + (
+        "proxy:\n"
+        "  webhook:\n"
+        "    server_name: hooks.example.com\n"
+        "    upstream: {host: w, port: 8000}\n"
+        "    api_allow: ['fe80::1%x']\n"
+    )
+    with pytest.raises(RulesError) as info:
+        parse_rules(text, source="deploy_rules.yaml")
+    assert info.value.problems == [
+        "line 9: proxy.webhook.api_allow.0: 'fe80::1%x/128' cannot be written into nginx.conf "
+        "(nginx takes no IPv6 zone index such as %eth0)"
+    ]
+
+
+def test_validation_runs_the_renderers_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the renderer refuses, validation refuses, even a value no field pattern thought of: here the
+    renderer is made to refuse 'example', which every field's own pattern accepts."""
+    monkeypatch.setattr(proxy_config, "NGINX_WORD", re.compile(r"^(?!.*example)[A-Za-z0-9._:/@+=,\[\]*-]+$"))
+    with pytest.raises(RulesError) as info:
+        parse_rules(
+            RULES + "proxy:\n  webhook:\n    server_name: hooks.example.com\n    upstream: {host: w, port: 1}\n"
+        )
+    assert info.value.problems == ["line 5: proxy: 'hooks.example.com' cannot be written into nginx.conf"]

@@ -2,16 +2,19 @@
 
 Every value that reaches the nginx template passes a strict pattern here (an allow-list of characters, never
 a deny-list), so nothing written in the rules file can end a directive, open a block, quote a string or
-expand a variable: no ``;``, braces, quotes, whitespace, newlines or ``$``. The renderer checks again.
+expand a variable: no ``;``, braces, quotes, whitespace, newlines or ``$``. The renderer checks again, with
+:data:`NGINX_WORD`; validation renders the config too, so what the renderer would refuse is refused here,
+where check-rules reports it with its line.
 """
 
 from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -42,9 +45,12 @@ USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 SIZE = re.compile(r"^[1-9][0-9]{0,9}[kKmM]?$")
 # limit_req_zone rates: requests per second or per minute.
 RATE = re.compile(r"^[1-9][0-9]{0,6}r/[sm]$")
+# Everything a value written into nginx.conf may contain. Quotes, ';', braces, '$', '#', '\\', '%' and
+# whitespace are out, so no value can close a directive, open a block, start a comment or expand a variable.
+NGINX_WORD = re.compile(r"^[A-Za-z0-9._:/@+=,\[\]*-]+$")
 VERSION = re.compile(r"^(\d{1,4})(?:\.(\d{1,4}))?(?:\.(\d{1,4}))?$")
 
-# Oldest versions the template is written for: ssl_reject_handshake needs nginx 1.19.4, TLS 1.3 OpenSSL 1.1.1.
+# Oldest versions the template is written for.
 MIN_NGINX = (1, 19, 4)
 MIN_OPENSSL = (1, 1, 1)
 
@@ -72,6 +78,53 @@ def format_version(value: Version) -> str:
 
 
 VersionField = Annotated[Version, BeforeValidator(parse_version), PlainSerializer(format_version, return_type=str)]
+
+
+def _at_least(minimum: Version, what: str) -> AfterValidator:
+    def check(value: Version) -> Version:
+        if value < minimum:
+            raise ValueError(f"the template needs {what} {format_version(minimum)} or newer")
+        return value
+
+    return AfterValidator(check)
+
+
+# ssl_reject_handshake needs nginx 1.19.4, TLS 1.3 OpenSSL 1.1.1.
+NginxVersion = Annotated[VersionField, _at_least(MIN_NGINX, "nginx")]
+OpenSSLVersion = Annotated[VersionField, _at_least(MIN_OPENSSL, "OpenSSL")]
+
+
+def nginx_word(text: str) -> str:
+    """``text`` if it can be written into nginx.conf as one word, else ValueError."""
+    if not NGINX_WORD.fullmatch(text):
+        hint = " (nginx takes no IPv6 zone index such as %eth0)" if "%" in text else ""
+        raise ValueError(f"{text!r} cannot be written into nginx.conf{hint}")
+    return text
+
+
+_Writable = TypeVar("_Writable")
+
+
+def _writable(value: _Writable) -> _Writable:
+    nginx_word(str(value))
+    return value
+
+
+_Items = TypeVar("_Items", bound=tuple[Any, ...])
+
+
+def _not_empty(value: _Items) -> _Items:
+    # Not Field(min_length=1): pydantic also reports that for a list whose one item is invalid.
+    if not value:
+        raise ValueError("needs at least one entry")
+    return value
+
+
+NotEmpty = AfterValidator(_not_empty)
+
+# Python's ipaddress takes IPv6 zone indexes ("fe80::1%eth0", any characters after the %): not nginx.
+Address = Annotated[IPvAnyAddress, AfterValidator(_writable)]
+Network = Annotated[IPvAnyNetwork, AfterValidator(_writable)]
 
 
 def _matching(pattern: re.Pattern[str], what: str, *, lower: bool = False) -> BeforeValidator:
@@ -110,10 +163,16 @@ Rate = Annotated[str, _matching(RATE, "rate (like 10r/s or 30r/m)")]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
-def _positive(value: timedelta) -> timedelta:
+def _nginx_time(value: timedelta) -> timedelta:
     if value <= timedelta(0):
         raise ValueError("must be longer than zero")
+    if value.microseconds % 1000:
+        # nginx counts in milliseconds: 0.0001s would be written as 0ms.
+        raise ValueError("must be a whole number of milliseconds")
     return value
+
+
+NginxTime = Annotated[Duration, AfterValidator(_nginx_time)]
 
 
 class ResolverAddress(BaseModel):
@@ -121,7 +180,7 @@ class ResolverAddress(BaseModel):
 
     model_config = _FROZEN
 
-    address: IPvAnyAddress
+    address: Address
     port: Port = 53
 
     @model_validator(mode="before")
@@ -149,7 +208,7 @@ class Listen(BaseModel):
     model_config = _FROZEN
 
     # "*" listens on every IPv4 address; add "::" for IPv6.
-    addresses: tuple[Literal["*"] | IPvAnyAddress, ...] = Field(default=("*",), min_length=1)
+    addresses: Annotated[tuple[Literal["*"] | Address, ...], NotEmpty] = ("*",)
     http_port: Port = 80
     https_port: Port = 443
     # The port clients reach HTTPS on, for the http → https redirect; differs from https_port behind a
@@ -198,15 +257,9 @@ class Logs(BaseModel):
 class Timeouts(BaseModel):
     model_config = _FROZEN
 
-    connect: Duration = timedelta(seconds=5)
-    send: Duration = timedelta(seconds=60)
-    read: Duration = timedelta(seconds=60)
-
-    @model_validator(mode="after")
-    def _positive(self) -> Timeouts:
-        for name in ("connect", "send", "read"):
-            _positive(getattr(self, name))
-        return self
+    connect: NginxTime = timedelta(seconds=5)
+    send: NginxTime = timedelta(seconds=60)
+    read: NginxTime = timedelta(seconds=60)
 
 
 class Upstream(BaseModel):
@@ -226,7 +279,7 @@ class Site(BaseModel):
 
     model_config = _FROZEN
 
-    server_names: tuple[DomainName, ...] = Field(min_length=1)
+    server_names: Annotated[tuple[DomainName, ...], NotEmpty]
     upstream: Upstream
     # certbot lineage; defaults to the first server name, as certbot names it.
     certificate: LineageName | None = None
@@ -262,7 +315,7 @@ class Webhook(BaseModel):
     # The receiver only journals a push before answering 202, so a slow answer means trouble.
     timeouts: Timeouts = Timeouts(connect=timedelta(seconds=5), send=timedelta(seconds=30), read=timedelta(seconds=30))
     # Who may reach /api/ at all; empty lets everyone try (the API still needs its bearer token).
-    api_allow: tuple[IPvAnyNetwork, ...] = ()
+    api_allow: tuple[Network, ...] = ()
 
     @property
     def lineage(self) -> str:
@@ -275,20 +328,18 @@ class ProxyConfig(BaseModel):
     model_config = _FROZEN
 
     # Debian bookworm's versions: the template output for them also works on newer ones.
-    nginx_version: VersionField = (1, 22, 0)
-    openssl_version: VersionField = (3, 0, 0)
+    nginx_version: NginxVersion = (1, 22, 0)
+    openssl_version: OpenSSLVersion = (3, 0, 0)
     # The account workers run as when the master starts as root; None keeps nginx's compiled-in default.
     user: UserName | None = None
     # Docker's embedded DNS, reachable from any container on a user-defined or overlay network.
-    resolvers: tuple[ResolverAddress, ...] = Field(
-        default=(ResolverAddress.model_validate("127.0.0.11"),), min_length=1
-    )
-    resolver_valid: Duration = timedelta(seconds=10)
+    resolvers: Annotated[tuple[ResolverAddress, ...], NotEmpty] = (ResolverAddress.model_validate("127.0.0.11"),)
+    resolver_valid: NginxTime = timedelta(seconds=10)
     listen: Listen = Listen()
     paths: Paths = Paths()
     logs: Logs = Logs()
     # Load balancers in front of nginx whose X-Forwarded-For names the real client.
-    real_ip_from: tuple[IPvAnyNetwork, ...] = ()
+    real_ip_from: tuple[Network, ...] = ()
     webhook: Webhook
     sites: tuple[Site, ...] = ()
 
@@ -301,16 +352,17 @@ class ProxyConfig(BaseModel):
 
     @model_validator(mode="after")
     def _checks(self) -> ProxyConfig:
-        if self.nginx_version < MIN_NGINX:
-            raise ValueError(f"nginx_version: the template needs nginx {format_version(MIN_NGINX)} or newer")
-        if self.openssl_version < MIN_OPENSSL:
-            raise ValueError(f"openssl_version: the template needs OpenSSL {format_version(MIN_OPENSSL)} or newer")
-        _positive(self.resolver_valid)
         seen: set[str] = set()
         for name in self.server_names:
             if name in seen:
                 raise ValueError(f"server name {name!r} appears twice; each name belongs to one site")
             seen.add(name)
+        # Imported here because render imports this module. Its UnsafeValue is a ValueError, which pydantic
+        # reports like any other: a value the renderer refuses fails validation, never render-nginx alone.
+        from webhook_server.proxy.render import render_nginx_conf
+
+        for acme_only in (False, True):
+            render_nginx_conf(self, acme_only=acme_only)
         return self
 
     @property

@@ -6,14 +6,13 @@ the choices are unit-testable on their own.
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from typing import Any
 
 import jinja2
 import markupsafe
 
-from webhook_server.proxy.config import ProxyConfig, Version, format_version
+from webhook_server.proxy.config import ProxyConfig, Version, format_version, nginx_word
 
 # ``http2 on;`` replaced ``listen ... http2`` in 1.25.1; older versions do not know the directive.
 HTTP2_DIRECTIVE_SINCE: Version = (1, 25, 1)
@@ -22,9 +21,6 @@ MLKEM_SINCE: Version = (3, 5, 0)
 CLASSIC_CURVES = "X25519:prime256v1:secp384r1"
 HYBRID_CURVES = "X25519MLKEM768:" + CLASSIC_CURVES
 
-# Everything a {{ value }} may contain. Quotes, ';', braces, '$', '#', '\\' and whitespace are out, so no
-# value can close a directive, open a block, start a comment or expand a variable.
-_SAFE_VALUE = re.compile(r"^[A-Za-z0-9._:/@+=,\[\]*-]+$")
 _TEMPLATE = "nginx.conf.j2"
 
 
@@ -50,10 +46,12 @@ def _finalize(value: Any) -> str:
     if isinstance(value, markupsafe.Markup):
         # A macro's output (marked ``| safe`` in the template): each value inside it passed through here.
         return str(value)
-    text = str(value)
-    if value is None or not _SAFE_VALUE.fullmatch(text):
-        raise UnsafeValue(f"refusing to write {text!r} into nginx.conf")
-    return text
+    if value is None:
+        raise UnsafeValue("None cannot be written into nginx.conf")
+    try:
+        return nginx_word(str(value))
+    except ValueError as e:
+        raise UnsafeValue(str(e)) from None
 
 
 def _environment() -> jinja2.Environment:
