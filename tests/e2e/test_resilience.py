@@ -153,7 +153,7 @@ def test_sigkill_mid_rollout_is_reconciled_on_restart(bed: SwarmBed, unique: str
         revived.stop()
 
     assert one["state"] == "succeeded", one
-    assert any("executor restarted" in (t["message"] or "") for t in one["transitions"])
+    assert any("following the update in Swarm" in (t["message"] or "") for t in one["transitions"])
     assert one["image_ref"] == f"{v1}@{bed.registry_digest(v1)}"
     assert two["state"] == "succeeded", two
     assert spec_image(bed, unique) == f"{v2}@{bed.registry_digest(v2)}"
@@ -237,7 +237,11 @@ def test_docker_outage_keeps_accepting_and_deploys_afterwards(
         ids = [server.hook(documented_payload(repo, t)).json()["deployments"][0]["id"] for t in ("1.0.1", "1.0.2")]
         ready = server.session.get(f"{server.url}/readyz", timeout=10)
         assert ready.status_code == 503 and ready.json()["reasons"][0].startswith("docker: ")
-        time.sleep(3)  # a few retries fail meanwhile
+        wait_for(
+            lambda: all(server.deployment(i)["attempts"] >= 2 for i in ids[-1:]),
+            timeout=60,
+            what="a few retries to fail while Docker is down",
+        )
         bed.start_daemon()
         done = [server.wait_done(i, timeout=120) for i in ids]
     finally:
@@ -254,3 +258,71 @@ def test_docker_outage_keeps_accepting_and_deploys_afterwards(
     )
     assert answered and set(answered) == {200}
     assert server.session.get(f"{server.url}/readyz", timeout=10).status_code == 200
+
+
+def test_coalescing_keeps_the_version_the_policy_allows(bed: SwarmBed, unique: str, make_server: ServerFactory):
+    """Runs 1.0.0 under policy minor; 1.1.0 and 2.0.0 queue while a rollout is busy: 1.1.0 deploys and 2.0.0
+    is refused, instead of 2.0.0 superseding 1.1.0 and then being refused itself."""
+    repo = f"acme/{unique}"
+    bed.make_image(repo, "1.0.0")
+    busy = bed.make_image(repo, "1.0.1")
+    allowed = bed.make_image(repo, "1.1.0")
+    bed.make_image(repo, "2.0.0")
+    bed.create_service(unique, f"{bed.registry}/{repo}:1.0.0", replicas=1)
+    rules = rules_for(bed, repo, unique, policy="minor").replace("monitor: 2s", "monitor: 6s")
+    server = make_server(rules, docker_host=bed.docker_host)
+
+    first = server.hook(documented_payload(repo, "1.0.1")).json()["deployments"][0]["id"]
+    wait_for(lambda: server.deployment(first)["state"] == "running", timeout=30, what="the first rollout to run")
+    minor = server.hook(documented_payload(repo, "1.1.0")).json()["deployments"][0]["id"]
+    major = server.hook(documented_payload(repo, "2.0.0")).json()["deployments"][0]["id"]
+    assert server.deployment(first)["state"] == "running", "the later pushes must queue behind a busy rollout"
+
+    done = {name: server.wait_done(i, timeout=120) for name, i in (("busy", first), ("minor", minor), ("major", major))}
+
+    assert done["busy"]["state"] == "succeeded" and done["busy"]["image_ref"].startswith(busy)
+    assert done["minor"]["state"] == "succeeded", done["minor"]
+    assert done["major"]["state"] == "skipped" and "policy 'minor' forbids it" in done["major"]["message"]
+    assert spec_image(bed, unique) == f"{allowed}@{bed.registry_digest(allowed)}"
+
+
+def test_losing_docker_mid_rollout_gives_up_within_the_retry_limit_and_frees_the_service(
+    own_bed: SwarmBed, unique: str, make_server: ServerFactory
+):
+    """A rollout whose Docker goes away is followed within the retry limit, then failed with the reason;
+    it never stays "running" for ever, and the next push deploys once Docker is back."""
+    bed = own_bed
+    repo = f"acme/{unique}"
+    bed.make_image(repo, "1.0.0")
+    bed.make_image(repo, "1.1.0")
+    after = bed.make_image(repo, "1.2.0")
+    bed.create_service(unique, f"{bed.registry}/{repo}:1.0.0", replicas=1)
+    server = make_server(
+        rules_for(bed, repo, unique).replace("monitor: 2s", "monitor: 30s"),
+        docker_host=bed.docker_host,
+        env={"WEBHOOK_DOCKER_RETRY_MAX_DELAY": "1s", "WEBHOOK_DOCKER_RETRY_LIMIT": "3s"},
+    )
+    first = server.hook(documented_payload(repo, "1.1.0")).json()["deployments"][0]["id"]
+    wait_for(
+        lambda: bed.client.services.get(unique).attrs.get("UpdateStatus", {}).get("State") == "updating",
+        timeout=30,
+        interval=0.1,
+        what="the rollout to be under way in Swarm",
+    )
+
+    bed.stop_daemon()
+    try:
+        lost = server.wait_done(first, timeout=60)
+    finally:
+        bed.start_daemon()
+
+    assert lost["state"] == "failed", lost
+    assert lost["message"].startswith("lost contact with Docker for more than 3s during the update"), lost["message"]
+    assert "is unreachable" in lost["message"]
+    assert lost["attempts"] >= 1
+    log = server.log_text()
+    assert log.count("following the update again in") == lost["attempts"], "one log line per retry, not per poll"
+
+    second = server.wait_done(server.hook(documented_payload(repo, "1.2.0")).json()["deployments"][0]["id"])
+    assert second["state"] == "succeeded", second
+    assert spec_image(bed, unique) == f"{after}@{bed.registry_digest(after)}"
