@@ -11,9 +11,28 @@ import re
 import sys
 from collections.abc import Iterable
 
-# The hook URL carries the token: whatever follows /hooks/dockerhub/ is never written, right or wrong.
-_HOOK_PATH = re.compile(r"(/hooks/dockerhub/)[^/\s?\"']+")
+# The hook URL carries the token: whatever follows /hooks/dockerhub/ is never written, right or wrong. A token
+# may contain "/" (base64), so the whole rest of the path goes.
+_HOOK_PATH = re.compile(r"(/hooks/dockerhub/)[^\s?\"']+")
 REDACTED = "***"
+
+
+def printable(text: str) -> str:
+    """``text`` with control and other non-printable characters escaped (``\\n``, ``\\x1b``, ``\\u2028``).
+
+    For anything a client chose (paths, addresses, payload fields): a newline or terminal escape in a log line
+    could forge further lines or rewrite the operator's screen.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    code = ord(c)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:

@@ -12,12 +12,36 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from webhook_server import problems
 from webhook_server.durations import Duration
 from webhook_server.errors import ConfigError
 
 MIN_TOKEN_LENGTH = 16
+JOURNAL_NAME = "journal.sqlite3"
+ROOT_STATE_DIR = Path("/var/lib/webhook-server")
+
+
+def default_db_path(env: Mapping[str, str], *, euid: int) -> Path:
+    """Where the journal lives unless WEBHOOK_DB says otherwise: one place per user, whatever the cwd.
+
+    systemd's ``StateDirectory=`` (``$STATE_DIRECTORY``) first, then ``/var/lib/webhook-server`` for root,
+    else the XDG state directory (``$XDG_STATE_HOME``, by default ``~/.local/state``)/webhook-server.
+    """
+    state_directory = env.get("STATE_DIRECTORY", "")
+    if state_directory:
+        # systemd lists one directory per StateDirectory= entry, colon-separated; ours is the first.
+        return Path(state_directory.split(":")[0]) / JOURNAL_NAME
+    if euid == 0:
+        return ROOT_STATE_DIR / JOURNAL_NAME
+    xdg = env.get("XDG_STATE_HOME", "")
+    # The XDG spec says a relative value is invalid and must be ignored.
+    if xdg and Path(xdg).is_absolute():
+        base = Path(xdg)
+    else:
+        base = (Path(env["HOME"]) if env.get("HOME") else Path.home()) / ".local" / "state"
+    return base / "webhook-server" / JOURNAL_NAME
 
 
 class Settings(BaseModel):
@@ -26,7 +50,8 @@ class Settings(BaseModel):
     webhook_token: SecretStr | None = None
     api_token: SecretStr | None = None
     rules_path: Path = Path("deploy_rules.yaml")
-    db_path: Path = Path("state/webhook.sqlite3")
+    # No default here: load_settings supplies default_db_path, which depends on the user and environment.
+    db_path: Path
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # How long queued work keeps retrying while the Docker daemon is unreachable before it fails.
     docker_retry_limit: Duration = timedelta(minutes=10)
@@ -42,6 +67,22 @@ class Settings(BaseModel):
         if value is not None and len(value.get_secret_value()) < MIN_TOKEN_LENGTH:
             raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters; use a long random string")
         return value
+
+    @field_validator("db_path")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # Messages and the executor lock name the file; a relative name would depend on the cwd of the reader.
+        return value.expanduser().absolute()
+
+    @model_validator(mode="after")
+    def _distinct_tokens(self) -> Settings:
+        hook, api = self.webhook_token, self.api_token
+        if hook is not None and api is not None and hook.get_secret_value() == api.get_secret_value():
+            raise ValueError(
+                "WEBHOOK_TOKEN and WEBHOOK_API_TOKEN are the same; the webhook token travels in URLs that "
+                "Docker Hub and proxies may log, so the API token must be a different secret"
+            )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -76,6 +117,8 @@ _SECRETS = {"webhook_token", "api_token"}
 
 def _read_secret(env: Mapping[str, str], name: str) -> str | None:
     file_name = env.get(f"{name}_FILE")
+    if file_name and (env.get(name) or "").strip():
+        raise ConfigError(f"both {name} and {name}_FILE are set; set only one of them")
     if file_name:
         try:
             return Path(file_name).read_text(encoding="utf-8").strip()
@@ -85,10 +128,10 @@ def _read_secret(env: Mapping[str, str], name: str) -> str | None:
     return value.strip() if value is not None else None
 
 
-def load_settings(*, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+def load_settings(*, env: Mapping[str, str] | None = None, euid: int | None = None, **overrides: object) -> Settings:
     """Build Settings from the environment; explicit overrides (e.g. CLI flags) win."""
     env = os.environ if env is None else env
-    raw: dict[str, object] = {}
+    raw: dict[str, object] = {"db_path": default_db_path(env, euid=os.geteuid() if euid is None else euid)}
     for field, name in _ENV.items():
         value = _read_secret(env, name) if field in _SECRETS else env.get(name)
         if value not in (None, ""):
@@ -97,9 +140,6 @@ def load_settings(*, env: Mapping[str, str] | None = None, **overrides: object) 
     try:
         return Settings.model_validate(raw)
     except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            field = str(err["loc"][0]) if err["loc"] else "?"
-            # Never echo the input: for tokens it is the secret itself.
-            problems.append(f"{_ENV.get(field, field)}: {err['msg'].removeprefix('Value error, ')}")
-        raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+        # problems.problems never echoes the input: for tokens it is the secret itself.
+        found = [f"{_ENV.get(str(loc[0]), str(loc[0]))}: {text}" if loc else text for loc, text in problems.problems(e)]
+        raise ConfigError("invalid settings: " + "; ".join(found)) from None

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from webhook_server.logs import REDACTED, RedactSecrets, redact
+from webhook_server.logs import REDACTED, RedactSecrets, printable, redact
 
 SECRET = "hook-token-0123456789"
 API = "api-token-abcdefghijk"
@@ -20,7 +20,9 @@ REDACT_CASES: list[tuple[str, str]] = [
     (f"twice {SECRET}{SECRET}", f"twice {REDACTED}{REDACTED}"),
     ("POST /hooks/dockerhub/wrong-token HTTP/1.1", f"POST /hooks/dockerhub/{REDACTED} HTTP/1.1"),
     ("/hooks/dockerhub/abc?x=1", f"/hooks/dockerhub/{REDACTED}?x=1"),
-    ("/hooks/dockerhub/abc/extra", f"/hooks/dockerhub/{REDACTED}/extra"),
+    # A token may contain "/" (base64): nothing after the prefix survives, not even a part of it.
+    ("/hooks/dockerhub/abc/extra", f"/hooks/dockerhub/{REDACTED}"),
+    ("POST /hooks/dockerhub/q3N/8vKx+Zb1m= HTTP/1.1", f"POST /hooks/dockerhub/{REDACTED} HTTP/1.1"),
     ("url '/hooks/dockerhub/abc'", f"url '/hooks/dockerhub/{REDACTED}'"),
     ('url "/hooks/dockerhub/abc"', f'url "/hooks/dockerhub/{REDACTED}"'),
     (
@@ -37,6 +39,23 @@ REDACT_CASES: list[tuple[str, str]] = [
 @pytest.mark.parametrize(("text", "expected"), REDACT_CASES, ids=[str(i) for i in range(len(REDACT_CASES))])
 def test_redact(text: str, expected: str) -> None:
     assert redact(text, [SECRET, API]) == expected
+
+
+PRINTABLE_CASES: list[tuple[str, str]] = [
+    ("plain text, ünïcode and spaces", "plain text, ünïcode and spaces"),
+    ("a\nforged line", "a\\x0aforged line"),
+    ("\r\t\x00", "\\x0d\\x09\\x00"),
+    ("\x1b[2Jwiped", "\\x1b[2Jwiped"),
+    ("\x85next line", "\\x85next line"),
+    ("line\u2028separator", "line\\u2028separator"),
+    ("\U000e0001tag", "\\U000e0001tag"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), PRINTABLE_CASES, ids=[str(i) for i in range(len(PRINTABLE_CASES))])
+def test_printable_escapes_what_could_forge_or_hide_log_lines(text: str, expected: str) -> None:
+    assert printable(text) == expected
+    assert printable(text).isprintable()
 
 
 def test_empty_secret_is_ignored() -> None:

@@ -10,18 +10,18 @@ from pathlib import Path
 import pytest
 
 from webhook_server.errors import ConfigError
-from webhook_server.settings import MIN_TOKEN_LENGTH, load_settings
+from webhook_server.settings import MIN_TOKEN_LENGTH, default_db_path, load_settings
 
 TOKEN = "hook-token-0123456789"
 API_TOKEN = "api-token-abcdefghijk"
 
 
 def test_defaults_from_an_empty_environment() -> None:
-    s = load_settings(env={})
+    s = load_settings(env={"HOME": "/home/op"}, euid=1000)
     assert (s.webhook_token, s.api_token) == (None, None)
     assert (s.rules_path, s.db_path, s.log_level) == (
         Path("deploy_rules.yaml"),
-        Path("state/webhook.sqlite3"),
+        Path("/home/op/.local/state/webhook-server/journal.sqlite3"),
         "INFO",
     )
     assert (s.docker_retry_limit, s.trusted_proxies, s.max_body_bytes) == (timedelta(minutes=10), (), 1024 * 1024)
@@ -54,14 +54,49 @@ def test_secrets_from_files(tmp_path: Path) -> None:
     hook_file, api_file = tmp_path / "hook", tmp_path / "api"
     hook_file.write_text(TOKEN + "\n", encoding="utf-8")
     api_file.write_text(API_TOKEN, encoding="utf-8")
-    s = load_settings(
-        env={
-            "WEBHOOK_TOKEN_FILE": str(hook_file),
-            "WEBHOOK_TOKEN": "the-file-wins-over-this-value",
-            "WEBHOOK_API_TOKEN_FILE": str(api_file),
-        }
-    )
+    s = load_settings(env={"WEBHOOK_TOKEN_FILE": str(hook_file), "WEBHOOK_API_TOKEN_FILE": str(api_file)})
     assert s.secrets() == [TOKEN, API_TOKEN]
+
+
+@pytest.mark.parametrize("variable", ["WEBHOOK_TOKEN", "WEBHOOK_API_TOKEN"])
+def test_a_token_and_its_file_both_set_is_an_error_naming_both(tmp_path: Path, variable: str) -> None:
+    (tmp_path / "tok").write_text(TOKEN)
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env={variable: API_TOKEN, f"{variable}_FILE": str(tmp_path / "tok")})
+    assert exc.value.message == f"both {variable} and {variable}_FILE are set; set only one of them"
+
+
+def test_the_same_value_for_both_tokens_is_refused() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env={"WEBHOOK_TOKEN": TOKEN, "WEBHOOK_API_TOKEN": TOKEN})
+    assert exc.value.message.startswith("invalid settings: WEBHOOK_TOKEN and WEBHOOK_API_TOKEN are the same;")
+    assert TOKEN not in exc.value.message
+
+
+DB_DEFAULTS: list[tuple[str, dict[str, str], int, str]] = [
+    ("systemd", {"STATE_DIRECTORY": "/var/lib/hooks", "HOME": "/root"}, 0, "/var/lib/hooks/journal.sqlite3"),
+    ("systemd-several", {"STATE_DIRECTORY": "/var/lib/a:/var/lib/b"}, 1000, "/var/lib/a/journal.sqlite3"),
+    ("root", {"HOME": "/root", "XDG_STATE_HOME": "/x"}, 0, "/var/lib/webhook-server/journal.sqlite3"),
+    ("xdg", {"HOME": "/home/op", "XDG_STATE_HOME": "/srv/st"}, 1000, "/srv/st/webhook-server/journal.sqlite3"),
+    (
+        "xdg-relative-is-ignored",
+        {"HOME": "/home/op", "XDG_STATE_HOME": "rel"},
+        1000,
+        "/home/op/.local/state/webhook-server/journal.sqlite3",
+    ),
+    ("home", {"HOME": "/home/op"}, 1000, "/home/op/.local/state/webhook-server/journal.sqlite3"),
+]
+
+
+@pytest.mark.parametrize(("env", "euid", "expected"), [c[1:] for c in DB_DEFAULTS], ids=[c[0] for c in DB_DEFAULTS])
+def test_the_journal_has_one_default_place_whatever_the_cwd(env: dict[str, str], euid: int, expected: str) -> None:
+    assert default_db_path(env, euid=euid) == Path(expected)
+    assert load_settings(env=env, euid=euid).db_path == Path(expected)
+
+
+def test_webhook_db_wins_and_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(env={"WEBHOOK_DB": "state/j.db", "STATE_DIRECTORY": "/x"}).db_path == tmp_path / "state/j.db"
 
 
 @pytest.mark.parametrize(
@@ -117,7 +152,7 @@ def test_every_problem_is_reported() -> None:
         load_settings(env={"WEBHOOK_TOKEN": SHORT, "WEBHOOK_API_TOKEN": SHORT, "WEBHOOK_MAX_BODY_BYTES": "0"})
     assert exc.value.message == (
         f"invalid settings: WEBHOOK_TOKEN: {SHORT_MESSAGE}; WEBHOOK_API_TOKEN: {SHORT_MESSAGE}; "
-        "WEBHOOK_MAX_BODY_BYTES: Input should be greater than 0"
+        "WEBHOOK_MAX_BODY_BYTES: must be greater than 0"
     )
 
 
@@ -159,11 +194,11 @@ BAD: list[tuple[str, dict[str, str], str]] = [
         {"WEBHOOK_DOCKER_RETRY_LIMIT": "-5s"},
         "WEBHOOK_DOCKER_RETRY_LIMIT: '-5s' is not a duration: use forms like 500ms, 5s, 2m, 1h or 1m30s",
     ),
-    ("body-zero", {"WEBHOOK_MAX_BODY_BYTES": "0"}, "WEBHOOK_MAX_BODY_BYTES: Input should be greater than 0"),
+    ("body-zero", {"WEBHOOK_MAX_BODY_BYTES": "0"}, "WEBHOOK_MAX_BODY_BYTES: must be greater than 0"),
     (
         "body-not-a-number",
         {"WEBHOOK_MAX_BODY_BYTES": "1MB"},
-        "WEBHOOK_MAX_BODY_BYTES: Input should be a valid integer, unable to parse string as an integer",
+        "WEBHOOK_MAX_BODY_BYTES: must be a whole number",
     ),
 ]
 
@@ -178,7 +213,7 @@ def test_invalid_values(env: dict[str, str], problem: str) -> None:
 def test_unknown_override_is_rejected() -> None:
     with pytest.raises(ConfigError) as exc:
         load_settings(env={}, colour="red")
-    assert exc.value.message == "invalid settings: colour: Extra inputs are not permitted"
+    assert exc.value.message == "invalid settings: colour: unknown key"
 
 
 @pytest.mark.parametrize(
@@ -192,5 +227,5 @@ def test_unknown_override_is_rejected() -> None:
 def test_unreadable_secret_file(tmp_path: Path, variable: str, make_path: object, reason: str) -> None:
     path = make_path(tmp_path)  # type: ignore[operator]
     with pytest.raises(ConfigError) as exc:
-        load_settings(env={f"{variable}_FILE": str(path), variable: TOKEN})
+        load_settings(env={f"{variable}_FILE": str(path)})
     assert exc.value.message == f"{variable}_FILE={path}: cannot read: {reason}"
