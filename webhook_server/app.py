@@ -1,5 +1,5 @@
 """The Flask application factory. Dependencies come in as arguments; shared services live in
-``app.extensions["webhook_server"]``."""
+``app.extensions["webhook_server"]`` (see ``context``)."""
 
 from __future__ import annotations
 
@@ -7,37 +7,23 @@ import ipaddress
 import logging
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from webhook_server.executor import Executor, ExecutorLock, Swarm, lock_path, run_when_elected
+from webhook_server import views
+from webhook_server.cluster import Swarm
+from webhook_server.context import EXTENSION, SERVICE_CHECK_SECONDS, Cached, Services
+from webhook_server.executor import Executor, ExecutorLock, lock_path, run_when_elected
 from webhook_server.journal import Journal
-from webhook_server.rules import RulesSource
+from webhook_server.operations import open_journal
+from webhook_server.rules import RuleSet, RulesSource
 from webhook_server.settings import Settings
 
 log = logging.getLogger(__name__)
-EXTENSION = "webhook_server"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@dataclass
-class Services:
-    settings: Settings
-    rules: RulesSource
-    journal: Journal
-    swarm: Swarm
-    executor: Executor
-    stop: threading.Event = field(default_factory=threading.Event)
-
-
-def services() -> Services:
-    """The running app's services (inside a request or app context)."""
-    found: Services = current_app.extensions[EXTENSION]
-    return found
 
 
 class TrustedProxyFix:
@@ -66,38 +52,49 @@ def create_app(
     settings: Settings,
     *,
     rules: RulesSource | None = None,
+    fallback: RuleSet | None = None,
     journal: Journal | None = None,
     swarm: Swarm | None = None,
     run_executor: bool = False,
 ) -> Flask:
     """Build the app. With ``run_executor`` this process competes for the executor lock and, when it
-    holds it, runs rollouts in a background thread."""
+    holds it, runs rollouts in a background thread.
+
+    ``fallback`` is the rules to run on if the file is broken now (a worker respawned after a bad edit):
+    the server keeps serving, and /readyz says what is wrong.
+    """
     if swarm is None:
+        # The only place a real Swarm is built for the server: docker-py loads here, not on import.
         from webhook_server.swarm import SwarmServices
 
         swarm = SwarmServices()
-    rules = rules or RulesSource(settings.rules_path)
-    journal = journal or Journal(settings.db_path)
+    rules = rules or RulesSource(settings.rules_path, fallback=fallback)
+    journal = journal or open_journal(settings.db_path)
     executor = Executor.from_settings(settings, journal=journal, swarm=swarm, rules=rules)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    ctx = Services(settings=settings, rules=rules, journal=journal, swarm=swarm, executor=executor)
+    ctx = Services(
+        settings=settings,
+        rules=rules,
+        journal=journal,
+        swarm=swarm,
+        executor=executor,
+        service_names=Cached(swarm.service_names, seconds=SERVICE_CHECK_SECONDS),
+    )
     app.extensions[EXTENSION] = ctx
     if settings.trusted_proxies:
         app.wsgi_app = TrustedProxyFix(app.wsgi_app, settings.trusted_proxies)  # type: ignore[method-assign]
 
-    from webhook_server import views
-
     views.register(app)
 
     if run_executor:
-        thread = threading.Thread(
+        ctx.executor_thread = threading.Thread(
             target=run_when_elected,
             args=(executor, ExecutorLock(lock_path(journal)), ctx.stop),
             name="executor",
             daemon=True,
         )
-        thread.start()
+        ctx.executor_thread.start()
     return app

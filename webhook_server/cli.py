@@ -8,23 +8,28 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import click
 
 from webhook_server import logs
+from webhook_server.cluster import Swarm
+from webhook_server.durations import format_duration
 from webhook_server.errors import ConfigError, WebhookError
 from webhook_server.executor import Executor, ExecutorLock, lock_path
-from webhook_server.journal import Deployment, Journal, PushRecord
-from webhook_server.matching import plan_manual, policy_refusal_for
+from webhook_server.journal import Deployment, Journal
+from webhook_server.operations import dry_run as try_deploy
+from webhook_server.operations import open_journal, request_deploy, request_rollback
 from webhook_server.proxy.commands import reload_proxy, render_nginx
-from webhook_server.rollback import plan_rollback
-from webhook_server.rules import RulesSource, load_rules
+from webhook_server.rules import RuleSet, RulesSource, load_rules
 from webhook_server.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 DEFAULT_BIND = "127.0.0.1:9000"
+# history fits a 120-column terminal; the message column takes what the others leave.
+HISTORY_WIDTH = 120
 
 
 class _Group(click.Group):
@@ -48,6 +53,22 @@ def _settings() -> Settings:
     return settings
 
 
+def _journal(settings: Settings) -> Journal:
+    """The journal, saying which file when this command creates it (a wrong WEBHOOK_DB or cwd shows here)."""
+    new = not settings.db_path.exists()
+    journal = open_journal(settings.db_path)
+    if new:
+        click.echo(f"webhook-server: new journal at {settings.db_path}", err=True)
+    return journal
+
+
+def _swarm() -> Swarm:
+    # The only place the CLI builds a real Swarm: docker-py loads for the commands that talk to Docker.
+    from webhook_server.swarm import SwarmServices
+
+    return SwarmServices()
+
+
 # ---- serve -----------------------------------------------------------------------------------
 @main.command()
 @click.option(
@@ -61,6 +82,8 @@ def _settings() -> Settings:
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256))
 def serve(bind: str, workers: int, threads: int) -> None:
     """Serve the webhook and API with gunicorn."""
+    from webhook_server import server
+
     settings = _settings()
     missing = [
         n
@@ -69,10 +92,12 @@ def serve(bind: str, workers: int, threads: int) -> None:
     ]
     if missing:
         raise ConfigError(f"set {' and '.join(missing)} (or {missing[0]}_FILE) to long random strings")
-    RulesSource(settings.rules_path)  # fail now, with located errors, rather than in every worker
-    from webhook_server.server import run_gunicorn
-
-    run_gunicorn(settings, bind=bind, workers=workers, threads=threads)
+    address = server.parse_bind(bind)
+    # Everything a worker needs is checked here, once, so a mistake is one line and not a traceback per worker.
+    rules = load_rules(settings.rules_path)
+    open_journal(settings.db_path)
+    server.check_free(address)
+    server.run_gunicorn(settings, rules=rules, bind=address, workers=workers, threads=threads)
 
 
 # ---- check-rules -----------------------------------------------------------------------------
@@ -93,44 +118,35 @@ def check_rules(path: Path | None) -> None:
 @click.argument("service")
 @click.argument("tag")
 @click.option("--wait", is_flag=True, help="Wait for the outcome.")
-@click.option("--dry-run", is_flag=True, help="Show what would happen; change nothing.")
+@click.option("--dry-run", is_flag=True, help="Show what would happen; change nothing. Exits 1 if it would skip.")
 def deploy(service: str, tag: str, wait: bool, dry_run: bool) -> None:
     """Deploy TAG to SERVICE with the same checks and rollout as a push."""
     settings = _settings()
-    rules = RulesSource(settings.rules_path)
-    plan = plan_manual(service=service, tag=tag, rules=rules.current())
-    from webhook_server.swarm import SwarmServices
-
-    swarm = SwarmServices()
+    rules = load_rules(settings.rules_path)
+    swarm = _swarm()
     if dry_run:
-        rule = rules.current().get(service)
-        assert rule is not None
-        state = swarm.inspect(service)
-        refusal = policy_refusal_for(rule, tag, state.image)
-        digest = swarm.resolve_digest(plan.image, plan.tag)
-        click.echo(f"{service} runs {state.image}")
-        if refusal:
-            click.echo(f"would skip: {refusal}")
-        elif state.runs(f"{plan.image}:{plan.tag}@{digest}"):
-            click.echo(f"would skip: already runs {digest}")
-        else:
-            click.echo(f"would update to {plan.image}:{plan.tag}@{digest}")
+        result = try_deploy(swarm=swarm, rules=rules, service=service, tag=tag)
+        click.echo(f"{service} runs {result.running}")
+        if result.skip is not None:
+            click.echo(f"would skip: {result.skip}")
+            sys.exit(1)
+        click.echo(f"would update to {result.target}")
         return
-    journal = Journal(settings.db_path)
-    [dep] = journal.accept(PushRecord(trigger="manual", repository=plan.repository, tag=plan.tag), [plan])
-    click.echo(f"deployment {dep.id}: {service} ← {plan.image}:{plan.tag} queued")
-    final = _run_or_wait(journal, dep, swarm=swarm, rules=rules, settings=settings, wait=wait)
-    _report(final)
+    journal = _journal(settings)
+    dep = request_deploy(journal=journal, rules=rules, service=service, tag=tag)
+    click.echo(f"deployment {dep.id}: {service} ← {dep.image}:{dep.tag} queued")
+    _report(_run_or_wait(journal, dep, swarm=swarm, rules=rules, settings=settings, wait=wait))
 
 
 def _run_or_wait(
-    journal: Journal, dep: Deployment, *, swarm: Any, rules: RulesSource, settings: Settings, wait: bool
+    journal: Journal, dep: Deployment, *, swarm: Swarm, rules: RuleSet, settings: Settings, wait: bool
 ) -> Deployment:
     """Run the rollout here when no server holds the executor lock; else let the server do it."""
     lock = ExecutorLock(lock_path(journal))
     if lock.try_acquire():
         try:
-            executor = Executor.from_settings(settings, journal=journal, swarm=swarm, rules=rules)
+            source = RulesSource(settings.rules_path, fallback=rules)
+            executor = Executor.from_settings(settings, journal=journal, swarm=swarm, rules=source)
             while not journal.get(dep.id).done:
                 executor.drain(dep.service)
                 time.sleep(0.5)
@@ -160,20 +176,13 @@ def _report(dep: Deployment) -> None:
 def rollback(service: str, to: int | None, wait: bool) -> None:
     """Roll SERVICE back to an earlier succeeded deployment from the journal."""
     settings = _settings()
-    rules = RulesSource(settings.rules_path)
-    from webhook_server.swarm import SwarmServices
-
-    swarm = SwarmServices()
-    journal = Journal(settings.db_path)
-    running = swarm.inspect(service)
-    plan, target = plan_rollback(
-        journal=journal, rules=rules.current(), service=service, running_image=running.image, to=to
-    )
-    [dep] = journal.accept(
-        PushRecord(trigger="rollback", repository=plan.repository, tag=plan.tag), [plan], pinned_ref=target.image_ref
-    )
-    click.echo(f"deployment {dep.id}: {service} ← {target.image_ref} (as deployed by {target.id}) queued")
-    _report(_run_or_wait(journal, dep, swarm=swarm, rules=rules, settings=settings, wait=wait))
+    rules = load_rules(settings.rules_path)
+    swarm = _swarm()
+    journal = _journal(settings)
+    done = request_rollback(journal=journal, swarm=swarm, rules=rules, service=service, to=to)
+    target = done.target
+    click.echo(f"deployment {done.deployment.id}: {service} ← {target.image_ref} ({target.description}) queued")
+    _report(_run_or_wait(journal, done.deployment, swarm=swarm, rules=rules, settings=settings, wait=wait))
 
 
 # ---- the proxy -------------------------------------------------------------------------------
@@ -186,13 +195,52 @@ main.add_command(reload_proxy)
 @click.option("--service", help="Only this service.")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10000))
 def history(service: str | None, limit: int) -> None:
-    """Recent deployments, newest first."""
-    journal = Journal(_settings().db_path)
-    rows = journal.find(service=service, limit=limit)
+    """Recent deployments, newest first (times in UTC)."""
+    settings = _settings()
+    new = not settings.db_path.exists()
+    rows = open_journal(settings.db_path).find(service=service, limit=limit)
     if not rows:
-        click.echo("no deployments recorded")
+        click.echo(f"no deployments recorded in {settings.db_path}" + (" (new journal)" if new else ""))
         return
-    click.echo(f"{'ID':>5}  {'CREATED':<19}  {'SERVICE':<20} {'TAG':<16} {'STATE':<11} MESSAGE")
+    for line in history_table(rows, now=datetime.now(UTC)):
+        click.echo(line)
+
+
+# (header, width); the message column is last and takes the rest of HISTORY_WIDTH.
+_COLUMNS = (("ID", 5), ("CREATED", 20), ("SERVICE", 16), ("TAG", 14), ("TRIGGER", 9), ("STATE", 11), ("TOOK", 7))
+
+
+def history_table(rows: list[Deployment], *, now: datetime) -> list[str]:
+    """The history as lines of at most HISTORY_WIDTH characters."""
+    fixed = sum(width + 1 for _, width in _COLUMNS)
+    message_width = HISTORY_WIDTH - fixed
+
+    def line(cells: list[str], message: str) -> str:
+        padded = [
+            _fit(c, w).rjust(w) if i == 0 else _fit(c, w).ljust(w)
+            for i, (c, (_, w)) in enumerate(zip(cells, _COLUMNS, strict=True))
+        ]
+        return (" ".join(padded) + " " + _fit(message, message_width)).rstrip()
+
+    lines = [line([h for h, _ in _COLUMNS], "MESSAGE")]
     for d in rows:
-        created = d.created_at[:19].replace("T", " ")
-        click.echo(f"{d.id:>5}  {created:<19}  {d.service:<20} {d.tag:<16} {d.state:<11} {d.message or ''}")
+        cells = [str(d.id), _utc(d.created_at), d.service, d.tag, d.trigger, d.state, _took(d, now=now)]
+        lines.append(line(cells, " ".join((d.message or "").split())))
+    return lines
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _utc(stamp: str) -> str:
+    return datetime.fromisoformat(stamp).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _took(d: Deployment, *, now: datetime) -> str:
+    """How long the rollout took (so far, while it runs); "-" before it started."""
+    if d.started_at is None:
+        return "-"
+    end = datetime.fromisoformat(d.finished_at) if d.finished_at else now
+    seconds = max(0, round((end - datetime.fromisoformat(d.started_at)).total_seconds()))
+    return format_duration(timedelta(seconds=seconds))

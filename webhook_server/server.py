@@ -1,9 +1,16 @@
 """gunicorn, embedded: each worker builds the app with the executor enabled; the lock beside the journal
-makes exactly one of them run rollouts."""
+makes exactly one of them run rollouts.
+
+The master checks what it can before gunicorn starts (the address, the port, the rules, the journal) so a
+mistake is one line, and hands its rules to the workers as the fallback for a file broken since.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
+import socket
+from dataclasses import dataclass
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -11,7 +18,61 @@ from gunicorn.glogging import Logger
 
 from webhook_server import logs
 from webhook_server.app import create_app
+from webhook_server.context import services_of
+from webhook_server.errors import ConfigError
+from webhook_server.rules import RuleSet
 from webhook_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GRACEFUL_TIMEOUT = 10
+# A worker that is asked to stop gives a running watch this long to record where it is, inside gunicorn's
+# graceful timeout (after which the master kills it).
+EXECUTOR_STOP_SECONDS = GRACEFUL_TIMEOUT - 3
+
+_BIND = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):(?P<port>\d{1,5})")
+
+
+@dataclass(frozen=True)
+class Bind:
+    host: str  # as given; an IPv6 address without its brackets
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_bind(text: str) -> Bind:
+    """``HOST:PORT`` (``[::1]:9000`` for IPv6). gunicorn would take a bare host and listen on 8000."""
+    match = _BIND.fullmatch(text.strip())
+    if match is None or not 0 < int(match["port"]) < 65536:
+        raise ConfigError(f"--bind/WEBHOOK_BIND {text!r}: give HOST:PORT, e.g. 127.0.0.1:9000 or [::1]:9000")
+    return Bind(host=match["host"].strip("[]"), port=int(match["port"]))
+
+
+def check_free(bind: Bind) -> None:
+    """Fail now, in one line, if the address cannot be listened on (gunicorn would log and retry)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            bind.host, bind.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as e:
+        raise ConfigError(f"cannot listen on {bind}: {e.strerror}") from None
+    with socket.socket(family, kind, proto) as probe:
+        # gunicorn sets SO_REUSEADDR too: a port held only by TIME_WAIT connections is free for it.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {bind}: {e.strerror}") from None
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """gunicorn's hook, in the worker: stop the executor so a running watch records where it is."""
+    app = getattr(worker, "wsgi", None)
+    if app is None:  # the worker failed before it loaded the app
+        return
+    services_of(app).shutdown(timeout=EXECUTOR_STOP_SECONDS)
 
 
 class RedactingLogger(Logger):  # type: ignore[misc]
@@ -27,8 +88,9 @@ class RedactingLogger(Logger):  # type: ignore[misc]
 
 
 class _Application(BaseApplication):  # type: ignore[misc]
-    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
+    def __init__(self, settings: Settings, rules: RuleSet, options: dict[str, Any]) -> None:
         self._settings = settings
+        self._rules = rules
         self._options = options
         super().__init__()
 
@@ -40,23 +102,26 @@ class _Application(BaseApplication):  # type: ignore[misc]
             self.cfg.set("control_socket_disable", True)
 
     def load(self) -> Any:
-        return create_app(self._settings, run_executor=True)
+        return create_app(self._settings, fallback=self._rules, run_executor=True)
 
 
-def run_gunicorn(settings: Settings, *, bind: str, workers: int, threads: int) -> None:
+def run_gunicorn(settings: Settings, *, rules: RuleSet, bind: Bind, workers: int, threads: int) -> None:
+    """Serve until stopped. ``rules`` is what the master loaded: a worker started later runs on it if the
+    file is broken by then."""
     RedactingLogger.secrets = tuple(settings.secrets())
     options = {
-        "bind": [bind],
+        "bind": [str(bind)],
         "workers": workers,
         "worker_class": "gthread",
         "threads": threads,
         # The app writes its own access line (after ProxyFix, token redacted); gunicorn's would hold the token.
         "accesslog": None,
         "logger_class": RedactingLogger,
-        "graceful_timeout": 10,
+        "graceful_timeout": GRACEFUL_TIMEOUT,
+        "worker_exit": worker_exit,
         "timeout": 60,
         # gunicorn's debug level dumps its whole config; our own modules follow WEBHOOK_LOG_LEVEL.
         "loglevel": "info" if settings.log_level.upper() == "DEBUG" else settings.log_level.lower(),
     }
-    logging.getLogger(__name__).info("serving on %s with %d worker(s)", bind, workers)
-    _Application(settings, options).run()
+    log.info("serving on %s with %d worker(s); journal %s", bind, workers, settings.db_path)
+    _Application(settings, rules, options).run()

@@ -9,18 +9,21 @@ import hmac
 import logging
 from typing import Any
 
-from flask import Blueprint, Flask, Response, abort, jsonify, request
+from flask import Blueprint, Flask, Response, abort, g, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 
-from webhook_server.app import services
+from webhook_server import problems
+from webhook_server.cluster import NodeStatus
+from webhook_server.context import services
 from webhook_server.dockerhub import parse_push
 from webhook_server.errors import BadRequest, DockerError, Unauthorized, WebhookError
 from webhook_server.journal import Deployment, PushRecord
-from webhook_server.logs import redact
-from webhook_server.matching import Ignored, plan_manual, plan_push
-from webhook_server.rollback import plan_rollback
-from webhook_server.rules import DOCKER_TAG, SERVICE_NAME
+from webhook_server.logs import printable, redact
+from webhook_server.matching import Ignored, plan_push
+from webhook_server.operations import request_deploy, request_rollback, wait_seconds
+from webhook_server.rules import DOCKER_TAG, SERVICE_NAME, RuleSet
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,27 @@ health = Blueprint("health", __name__)
 
 NOT_FOUND_BODY = {"error": "not_found", "message": "not found"}
 WAIT_MARGIN_SECONDS = 30
+
+
+class RulesUnavailable(WebhookError):
+    """No rules are loaded (the file was broken when this worker started): nothing can be planned."""
+
+    http_status = 503
+    code = "rules_unavailable"
+
+
+def _rules() -> RuleSet:
+    """The rules in force; refuse rather than answer "no rule wants this" when there are none."""
+    source = services().rules
+    rules = source.current()
+    if not source.loaded:
+        raise RulesUnavailable(f"no rules are loaded: {source.error}")
+    return rules
+
+
+def _reject(reason: str) -> None:
+    """Why this request is refused, for its one access-log line (never the token)."""
+    g.rejected = reason
 
 
 def _same(given: str, expected: str) -> bool:
@@ -55,11 +79,22 @@ def _public(dep: Deployment, *, transitions: bool = False) -> dict[str, Any]:
 
 
 # ---- Docker Hub ------------------------------------------------------------------------------
-@hooks.post("/hooks/dockerhub/<token>")
+class TokenConverter(PathConverter):
+    """The rest of the path, whatever it holds: base64 tokens (``openssl rand -base64 32``) contain "/", which
+    the default converter never matches, and may start with one, which ``path`` refuses."""
+
+    regex = ".+"
+    # werkzeug infers this from a "/" in the regex; ".+" has none, yet it spans segments.
+    part_isolating = False
+
+
+# merge_slashes: werkzeug would otherwise turn a "//" inside a token into a redirect.
+@hooks.post("/hooks/dockerhub/<token:token>", merge_slashes=False)
 def dockerhub(token: str) -> tuple[Response, int]:
     ctx = services()
     expected = ctx.settings.webhook_token
     if expected is None or not _same(token, expected.get_secret_value()):
+        _reject("wrong webhook token")
         abort(404)  # exactly what any unknown URL gets: a wrong token reveals nothing
     push = parse_push(_json_body())
     record = PushRecord(
@@ -70,24 +105,24 @@ def dockerhub(token: str) -> tuple[Response, int]:
         client=request.remote_addr,
         callback_url=push.callback_url,
     )
-    decision = plan_push(repository=push.repo, tag=push.push_data.tag, rules=ctx.rules.current())
+    decision = plan_push(repository=push.repo, tag=push.push_data.tag, rules=_rules())
     if isinstance(decision, Ignored):
         ctx.journal.record_ignored(record, decision.reason)
         log.info(
             "push %s:%s from %s ignored: %s",
-            push.repo,
-            push.push_data.tag,
-            request.remote_addr,
-            decision.reason,
+            printable(push.repo),
+            printable(push.push_data.tag),
+            printable(request.remote_addr or "?"),
+            printable(decision.reason),
         )
         return jsonify(status="ignored", reason=decision.reason), 200
     deployments = ctx.journal.accept(record, decision)
     ctx.executor.wake()
     log.info(
         "push %s:%s from %s accepted: deployments %s",
-        push.repo,
-        push.push_data.tag,
-        request.remote_addr,
+        printable(push.repo),
+        printable(push.push_data.tag),
+        printable(request.remote_addr or "?"),
         ", ".join(f"{d.id} ({d.service})" for d in deployments),
     )
     return jsonify(status="accepted", deployments=[_summary(d) for d in deployments]), 202
@@ -100,6 +135,7 @@ def _authenticate() -> None:
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
     if expected is None or scheme.lower() != "bearer" or not _same(given.strip(), expected.get_secret_value()):
+        _reject("missing or wrong API token")
         raise Unauthorized("a valid 'Authorization: Bearer <api token>' header is required")
 
 
@@ -116,9 +152,11 @@ def _parse(model: type[BaseModel], body: Any) -> Any:
     try:
         return model.model_validate(body)
     except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "body"
-        raise BadRequest(f"{field}: {err['msg']}") from None
+        raise BadRequest(problems.first_problem(e)) from None
+
+
+def _client() -> str | None:
+    return printable(request.remote_addr) if request.remote_addr else None
 
 
 def _wait_flag() -> bool:
@@ -131,26 +169,15 @@ def _accepted(dep: Deployment, **extra: Any) -> tuple[Response, int]:
     ctx.executor.wake()
     if not _wait_flag():
         return jsonify(status="accepted", **extra, deployments=[_summary(dep)]), 202
-    rule = ctx.rules.current().get(dep.service)
-    timeout = (rule.timeout.total_seconds() if rule else 0) + WAIT_MARGIN_SECONDS
+    timeout = wait_seconds(ctx.rules.current(), dep.service, margin=WAIT_MARGIN_SECONDS)
     return jsonify(_public(ctx.journal.wait_done(dep.id, timeout=timeout), transitions=True)), 200
 
 
 @api.post("/deployments")
 def create_deployment() -> tuple[Response, int]:
-    ctx = services()
     wanted = _parse(ManualDeploy, _json_body())
-    rules = ctx.rules.current()
-    plan = plan_manual(service=wanted.service, tag=wanted.tag, rules=rules)
-    record = PushRecord(trigger="manual", repository=plan.repository, tag=plan.tag, client=request.remote_addr)
-    [dep] = ctx.journal.accept(record, [plan])
-    log.info(
-        "manual deployment %s of %s:%s to %s requested from %s",
-        dep.id,
-        plan.image,
-        plan.tag,
-        plan.service,
-        request.remote_addr,
+    dep = request_deploy(
+        journal=services().journal, rules=_rules(), service=wanted.service, tag=wanted.tag, client=_client()
     )
     return _accepted(dep)
 
@@ -166,21 +193,10 @@ def rollback_service(service: str) -> tuple[Response, int]:
     ctx = services()
     body = request.get_json(silent=True) if request.data else {}
     wanted = _parse(RollbackRequest, body if body is not None else {})
-    running = ctx.swarm.inspect(service)
-    plan, target = plan_rollback(
-        journal=ctx.journal, rules=ctx.rules.current(), service=service, running_image=running.image, to=wanted.to
+    done = request_rollback(
+        journal=ctx.journal, swarm=ctx.swarm, rules=_rules(), service=service, to=wanted.to, client=_client()
     )
-    record = PushRecord(trigger="rollback", repository=plan.repository, tag=plan.tag, client=request.remote_addr)
-    [dep] = ctx.journal.accept(record, [plan], pinned_ref=target.image_ref)
-    log.info(
-        "rollback %s of %s to deployment %s (%s) requested from %s",
-        dep.id,
-        service,
-        target.id,
-        target.image_ref,
-        request.remote_addr,
-    )
-    return _accepted(dep, rollback_to=target.id)
+    return _accepted(done.deployment, rollback_to=done.target.id)
 
 
 @api.get("/deployments")
@@ -208,22 +224,46 @@ def healthz() -> Response:
 
 @health.get("/readyz")
 def readyz() -> tuple[Response, int]:
+    """503 with reasons when pushes would be accepted but could not be rolled out; warnings otherwise."""
     ctx = services()
-    problems = []
-    ctx.rules.current()
-    if ctx.rules.error:
-        problems.append(f"rules: {ctx.rules.error}")
-    try:
-        ctx.swarm.ping()
-    except DockerError as e:
-        problems.append(f"docker: {e.message}")
-    if problems:
-        return jsonify(status="unavailable", reasons=problems), 503
-    return jsonify(status="ready"), 200
+    reasons: list[str] = []
+    warnings: list[str] = []
+    rules = ctx.rules.current()
+    if not ctx.rules.loaded:
+        reasons.append(f"rules: no rules are loaded: {ctx.rules.error}")
+    elif ctx.rules.error:
+        reasons.append(f"rules: {ctx.rules.error}")
+    node = ctx.swarm.node()  # never raises: an unreachable Docker is one of its problems
+    reasons.extend(f"docker: {problem}" for problem in node.problems)
+    if not node.problems and not (node.is_manager and node.swarm_state == "active"):
+        state = node.swarm_state or "unknown"
+        reasons.append(f"docker: {node.docker_host} is not a swarm manager (swarm state: {state})")
+    if not node.problems:
+        try:
+            missing = sorted(set(rules.rules) - ctx.service_names.get())
+        except DockerError as e:
+            reasons.append(f"docker: {e.message}")
+        else:
+            warnings.extend(f"rule {name!r}: no such service in the swarm" for name in missing)
+    body = {"node": _node(node), "warnings": warnings}
+    if reasons:
+        return jsonify(status="unavailable", reasons=reasons, **body), 503
+    return jsonify(status="ready", **body), 200
+
+
+def _node(node: NodeStatus) -> dict[str, Any]:
+    return {
+        "docker_host": node.docker_host,
+        "hostname": node.hostname,
+        "node_id": node.node_id,
+        "is_manager": node.is_manager,
+        "swarm_state": node.swarm_state,
+    }
 
 
 # ---- wiring and errors -----------------------------------------------------------------------
 def register(app: Flask) -> None:
+    app.url_map.converters["token"] = TokenConverter
     app.register_blueprint(hooks)
     app.register_blueprint(api)
     app.register_blueprint(health)
@@ -231,7 +271,9 @@ def register(app: Flask) -> None:
     @app.errorhandler(WebhookError)
     def _project_error(e: WebhookError) -> tuple[Response, int]:
         if e.http_status >= 500:
-            log.warning("%s %s failed: %s", request.method, redact(request.path), e.message)
+            log.warning("%s %s failed: %s", request.method, _path(), printable(e.message))
+        elif "rejected" not in g:
+            _reject(e.message)
         response = jsonify(error=e.code, message=e.message)
         if isinstance(e, Unauthorized):
             response.headers["WWW-Authenticate"] = "Bearer"
@@ -242,15 +284,29 @@ def register(app: Flask) -> None:
         status = e.code or 500
         if status == 404:
             return jsonify(NOT_FOUND_BODY), 404
+        if status < 500 and "rejected" not in g:
+            _reject(e.description or str(status))
         name = (e.name or "error").lower().replace(" ", "_")
         return jsonify(error=name, message=e.description), status
 
     @app.errorhandler(Exception)
     def _unexpected(e: Exception) -> tuple[Response, int]:
-        log.exception("%s %s: unexpected error", request.method, redact(request.path))
+        log.exception("%s %s: unexpected error", request.method, _path())
         return jsonify(error="internal_error", message="internal error; see the server log"), 500
 
     @app.after_request
     def _access_log(response: Response) -> Response:
-        log.info('%s "%s %s" %s', request.remote_addr, request.method, redact(request.path), response.status_code)
+        # One line per request; a refused one says why, at WARNING so that operators see probes and typos.
+        who = printable(request.remote_addr or "?")
+        line = f'{who} "{printable(request.method)} {_path()}" {response.status_code}'
+        rejected = g.get("rejected")
+        if rejected is not None:
+            log.warning("%s rejected: %s", line, printable(rejected))
+        else:
+            log.info("%s", line)
         return response
+
+
+def _path() -> str:
+    # Escape first: a token cut short by a control character would otherwise be redacted only in part.
+    return redact(printable(request.path))

@@ -1,0 +1,81 @@
+"""The services one running app shares: what ``create_app`` builds and the views and server hooks use.
+
+Its own module so that the factory (``app``) and the views import it, not each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from flask import Flask, current_app
+
+from webhook_server.cluster import Swarm
+from webhook_server.executor import Executor
+from webhook_server.journal import Journal
+from webhook_server.rules import RulesSource
+from webhook_server.settings import Settings
+
+log = logging.getLogger(__name__)
+EXTENSION = "webhook_server"
+# Long enough that a burst of /readyz probes costs one Docker call; short enough that a service created or
+# removed shows up in the next probe or two.
+SERVICE_CHECK_SECONDS = 10.0
+
+T = TypeVar("T")
+
+
+class Cached(Generic[T]):
+    """A value fetched at most once per ``seconds``; a failed fetch is not cached."""
+
+    def __init__(self, fetch: Callable[[], T], *, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._fetch = fetch
+        self._seconds = seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._value: T | None = None
+        self._at: float | None = None
+
+    def get(self) -> T:
+        with self._lock:
+            now = self._clock()
+            if self._at is None or now - self._at >= self._seconds or self._value is None:
+                self._value = self._fetch()
+                self._at = now
+            return self._value
+
+
+@dataclass
+class Services:
+    settings: Settings
+    rules: RulesSource
+    journal: Journal
+    swarm: Swarm
+    executor: Executor
+    service_names: Cached[set[str]]
+    stop: threading.Event = field(default_factory=threading.Event)
+    executor_thread: threading.Thread | None = None
+
+    def shutdown(self, *, timeout: float) -> None:
+        """Ask the executor to stop and give a running watch ``timeout`` seconds to record where it is."""
+        self.stop.set()
+        self.executor.wake()
+        thread = self.executor_thread
+        if thread is not None and thread.is_alive():
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning("the executor did not stop within %gs", timeout)
+
+
+def services_of(app: Flask) -> Services:
+    found: Services = app.extensions[EXTENSION]
+    return found
+
+
+def services() -> Services:
+    """The running app's services (inside a request or app context)."""
+    return services_of(current_app)
