@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
+from webhook_server.cli import main
 from webhook_server.errors import DockerUnavailable, ServiceNotFound
-from webhook_server.proxy import commands
 from webhook_server.proxy.config import ProxyConfig
 from webhook_server.proxy.reload import (
     SECRET_NAME_MAX,
@@ -28,11 +28,21 @@ from webhook_server.proxy.reload import (
 LOCAL, OTHER = "node-local", "node-other"
 
 
+NGINX_COMMAND = ["nginx", "-g", "daemon off;"]
+DEFAULT_CONF = "/etc/nginx/nginx.conf"
+
+
 @dataclass
 class FakeSwarm:
+    """Each container runs ``commands[container]`` (default: plain nginx); ``nginx -t`` fails for the configs
+    in ``broken`` (by path) and in the containers in ``bad``, with their output."""
+
     tasks: list[NginxTask]
     bad: dict[str, str] = field(default_factory=dict)  # container id → nginx -t output
+    commands: dict[str, list[str]] = field(default_factory=dict)
+    broken: dict[str, str] = field(default_factory=dict)  # config path → nginx -t output
     calls: list[tuple[str, ...]] = field(default_factory=list)
+    tests: dict[str, list[str]] = field(default_factory=dict)  # container id → the nginx -t argv run in it
     secrets: dict[str, bytes] = field(default_factory=dict)
     error: Exception | None = None
 
@@ -44,11 +54,16 @@ class FakeSwarm:
             raise self.error
         return self.tasks
 
-    def check_config(self, container_id: str) -> CheckResult:
+    def container_command(self, container_id: str) -> list[str]:
+        return self.commands.get(container_id, NGINX_COMMAND)
+
+    def run_in_container(self, container_id: str, argv: Sequence[str]) -> CheckResult:
         self.calls.append(("check", container_id))
-        if container_id in self.bad:
-            return CheckResult(ok=False, output=self.bad[container_id])
-        return CheckResult(ok=True, output="nginx: configuration file /etc/nginx/nginx.conf test is successful")
+        self.tests[container_id] = list(argv)
+        conf = argv[argv.index("-c") + 1] if "-c" in argv else DEFAULT_CONF
+        if container_id in self.bad or conf in self.broken:
+            return CheckResult(ok=False, output=self.bad.get(container_id) or self.broken[conf])
+        return CheckResult(ok=True, output=f"nginx: configuration file {conf} test is successful")
 
     def reload(self, container_id: str) -> None:
         self.calls.append(("hup", container_id))
@@ -121,12 +136,52 @@ def test_only_remote_tasks() -> None:
         (["nginx", "-c", "/srv/proxy/nginx.conf", "-g", "daemon off;"],
          ["nginx", "-c", "/srv/proxy/nginx.conf", "-g", "daemon off;", "-t"]),
         (["/usr/sbin/nginx", "-g", "daemon off;"], ["/usr/sbin/nginx", "-g", "daemon off;", "-t"]),
-        (["/docker-entrypoint.sh", "nginx", "-g", "daemon off;"], ["nginx", "-t"]),
-        ([], ["nginx", "-t"]),
+        # The official image: Entrypoint /docker-entrypoint.sh, Cmd nginx ….
+        (["/docker-entrypoint.sh", "nginx", "-c", "/srv/nginx/nginx.conf", "-g", "daemon off;"],
+         ["nginx", "-c", "/srv/nginx/nginx.conf", "-g", "daemon off;", "-t"]),
+        (["/docker-entrypoint.sh", "nginx-debug", "-g", "daemon off;"], ["nginx-debug", "-g", "daemon off;", "-t"]),
+        (["tini", "--", "nginx", "-p", "/srv/", "-e", "stderr"], ["nginx", "-p", "/srv/", "-e", "stderr", "-t"]),
+        # Attached values and clustered flags, as nginx itself reads them; -q, -t and -T change no config.
+        (["nginx", "-c/srv/a.conf", "-qg", "daemon off;"], ["nginx", "-c", "/srv/a.conf", "-g", "daemon off;", "-t"]),
+        (["nginx", "-T", "-q"], ["nginx", "-t"]),
+        (["nginx"], ["nginx", "-t"]),
+        # A wrapper's argument spelt like nginx is not nginx.
+        (["su-exec", "nginx", "nginx", "-c", "/a.conf"], ["nginx", "-c", "/a.conf", "-t"]),
+        # Commands that do not say which config nginx reads.
+        (["/start.sh"], None),
+        (["sh", "-c", "nginx -c /srv/a.conf -g 'daemon off;'"], None),
+        (["nginx", "-c"], None),
+        (["nginx", "-s", "reload"], None),
+        ([], None),
     ],
 )  # fmt: skip
-def test_nginx_test_command_checks_the_config_nginx_runs(argv: list[str], expected: list[str]) -> None:
+def test_nginx_test_command_checks_the_config_nginx_runs(argv: list[str], expected: list[str] | None) -> None:
     assert nginx_test_command(argv) == expected
+
+
+def test_an_entrypoint_wrapper_does_not_hide_the_config_nginx_runs() -> None:
+    """The official nginx image runs /docker-entrypoint.sh, which execs its Cmd: the check must test the -c
+    file of that Cmd. Testing the image's default config instead passed and SIGHUPed a broken one."""
+    swarm = FakeSwarm(
+        [task(1)],
+        commands={"c1": ["/docker-entrypoint.sh", "nginx", "-c", "/srv/nginx/nginx.conf", "-g", "daemon off;"]},
+        broken={"/srv/nginx/nginx.conf": 'nginx: [emerg] unknown directive "htt2" in /srv/nginx/nginx.conf:9'},
+    )
+    with pytest.raises(ProxyConfigInvalid, match='unknown directive "htt2"'):
+        reload_proxy(swarm, "nginx")
+    assert swarm.tests["c1"] == ["nginx", "-c", "/srv/nginx/nginx.conf", "-g", "daemon off;", "-t"]
+    assert ("hup", "c1") not in swarm.calls
+
+
+def test_a_command_that_hides_the_config_reloads_nothing() -> None:
+    swarm = FakeSwarm([task(1), task(2)], commands={"c2": ["/start.sh", "--proxy"]})
+    with pytest.raises(ReloadError) as info:
+        reload_proxy(swarm, "nginx")
+    assert info.value.message.startswith(
+        "cannot tell which config nginx runs in task t2 of nginx, so nothing was reloaded: "
+        "its command does not start nginx (/start.sh --proxy)."
+    )
+    assert not any(c[0] == "hup" for c in swarm.calls)
 
 
 def test_secret_names_follow_content() -> None:
@@ -203,31 +258,48 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeSwarm:
     return swarm
 
 
+def reload_cli(*args: str, env: dict[str, str] | None = None) -> Result:
+    """Through the real ``webhook-server`` group: its error handling is what users see."""
+    return CliRunner().invoke(main, ["reload-proxy", *args], env=env)
+
+
 def test_cli_success(fake: FakeSwarm) -> None:
-    result = CliRunner().invoke(commands.reload_proxy, ["--service", "a3_nginx"])
+    result = reload_cli("--service", "a3_nginx")
     assert result.exit_code == 0, result.output
     assert result.stdout == "a3_nginx: nginx -t passed in 1 task(s); reloaded 1 task(s) on this node with SIGHUP\n"
     assert fake.calls[-1] == ("close",)
 
 
-def test_cli_failed_validation_exits_1_and_reloads_nothing(fake: FakeSwarm) -> None:
+def test_cli_failed_validation_exits_2_and_reloads_nothing(fake: FakeSwarm) -> None:
     fake.bad["c1"] = "nginx: [emerg] cannot load certificate"
-    result = CliRunner().invoke(commands.reload_proxy, [])
-    assert result.exit_code == 1
+    result = reload_cli()
+    assert result.exit_code == 2
     assert result.stderr.startswith("webhook-server: nginx -t failed in task t1 of nginx; nothing was reloaded")
     assert "cannot load certificate" in result.stderr
     assert ("hup", "c1") not in fake.calls
+    assert fake.calls[-1] == ("close",)
 
 
 @pytest.mark.parametrize(
-    ("error", "code", "message"),
+    ("error", "message"),
     [
-        (ServiceNotFound("nginx"), 2, "service 'nginx' does not exist in the swarm"),
-        (DockerUnavailable("listing the tasks of nginx: Docker is unreachable"), 1, "Docker is unreachable"),
+        (ServiceNotFound("nginx"), "service 'nginx' does not exist in the swarm"),
+        (DockerUnavailable("listing the tasks of nginx: Docker at tcp://x:2375 is unreachable"), "is unreachable"),
     ],
 )
-def test_cli_docker_errors(fake: FakeSwarm, error: Exception, code: int, message: str) -> None:
+def test_cli_docker_errors(fake: FakeSwarm, error: Exception, message: str) -> None:
     fake.error = error
-    result = CliRunner().invoke(commands.reload_proxy, [])
-    assert result.exit_code == code
-    assert message in result.stderr and "Traceback" not in result.output
+    result = reload_cli()
+    assert result.exit_code == 2
+    assert result.stderr == f"webhook-server: {error}\n"
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+@pytest.mark.parametrize("host", ["unix:///nonexistent/docker.sock", "tcp://127.0.0.1:1"])
+def test_cli_unreachable_docker_is_one_line_naming_the_host(host: str, how: str) -> None:
+    """The real adapter, with nothing listening: docker-py fails while it connects, before any call."""
+    result = reload_cli("--docker-host", host) if how == "option" else reload_cli(env={"DOCKER_HOST": host})
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"webhook-server: connecting to Docker: Docker at {host} is unreachable: ")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output

@@ -14,9 +14,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
-from webhook_server.proxy.commands import render_nginx
+from webhook_server.cli import main
 from webhook_server.proxy.config import ProxyConfig, Upstream, Webhook
 from webhook_server.proxy.render import (
     CLASSIC_CURVES,
@@ -140,15 +140,22 @@ def test_finalize_allow_list(bad: str) -> None:
 # ---- the render-nginx command ---------------------------------------------------------------------
 
 
+def render_cli(*args: str, env: dict[str, str] | None = None) -> Result:
+    """Through the real ``webhook-server`` group: its error handling is what users see."""
+    return CliRunner().invoke(main, ["render-nginx", *args], env=env)
+
+
 def test_cli_prints_to_stdout() -> None:
-    result = CliRunner().invoke(render_nginx, ["--rules", str(GOLDEN / "bookworm-receiver-only.yaml")])
+    # No Docker is needed (nor tried) to render.
+    result = render_cli(
+        "--rules", str(GOLDEN / "bookworm-receiver-only.yaml"), env={"DOCKER_HOST": "tcp://127.0.0.1:1"}
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout == (GOLDEN / "bookworm-receiver-only.conf").read_text()
 
 
 def test_cli_reads_rules_path_from_env() -> None:
-    env = {"WEBHOOK_RULES": str(GOLDEN / "modern-multi-site.yaml")}
-    result = CliRunner().invoke(render_nginx, ["--acme-only"], env=env)
+    result = render_cli("--acme-only", env={"WEBHOOK_RULES": str(GOLDEN / "modern-multi-site.yaml")})
     assert result.exit_code == 0, result.output
     assert result.stdout == (GOLDEN / "modern-multi-site.acme.conf").read_text()
 
@@ -156,7 +163,7 @@ def test_cli_reads_rules_path_from_env() -> None:
 def test_cli_version_overrides(tmp_path: Path) -> None:
     out = tmp_path / "nginx.conf"
     args = ["--rules", str(GOLDEN / "bookworm-receiver-only.yaml"), "--out", str(out)]
-    result = CliRunner().invoke(render_nginx, [*args, "--nginx-version", "1.27", "--openssl-version", "3.5.0"])
+    result = render_cli(*args, "--nginx-version", "1.27", "--openssl-version", "3.5.0")
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     text = out.read_text()
@@ -172,46 +179,42 @@ def _rules(tmp_path: Path, proxy: str) -> Path:
     return path
 
 
+PROXY = "proxy:\n  webhook:\n    server_name: a.example\n    upstream: {host: w, port: 1}\n"
+
+
 @pytest.mark.parametrize(
     ("proxy", "args", "message"),
     [
-        ("", [], "no proxy: section"),
+        ("", [], "deploy_rules.yaml: no proxy: section; see nginx/README.md for an example"),
         (
             "proxy:\n  webhook:\n    server_name: 'a.example; evil'\n    upstream: {host: w, port: 1}\n",
             [],
             "line 7: proxy.webhook.server_name: 'a.example; evil' is not a valid domain name",
         ),
+        (PROXY, ["--nginx-version", "1.18"], "--nginx-version: the template needs nginx 1.19.4 or newer"),
+        (PROXY, ["--openssl-version", "three"], "--openssl-version: 'three' is not a version"),
+        (PROXY, ["--out", "/nonexistent-dir/nginx.conf"], "cannot write /nonexistent-dir/nginx.conf"),
+        # Accepted by the rules' validation once, refused by the renderer with a traceback: now check-rules
+        # (and so render-nginx) refuses it with its line.
         (
-            "proxy:\n  webhook:\n    server_name: a.example\n    upstream: {host: w, port: 1}\n",
-            ["--nginx-version", "1.18"],
-            "the template needs nginx 1.19.4 or newer",
-        ),
-        (
-            "proxy:\n  webhook:\n    server_name: a.example\n    upstream: {host: w, port: 1}\n",
-            ["--out", "/nonexistent-dir/nginx.conf"],
-            "cannot write /nonexistent-dir/nginx.conf",
+            PROXY + "  resolvers: 'fe80::1%eth0'\n",
+            [],
+            "line 9: proxy.resolvers.0.address: 'fe80::1%eth0' cannot be written into nginx.conf",
         ),
     ],
-    ids=["no-section", "injection", "old-nginx", "unwritable"],
+    ids=["no-section", "injection", "old-nginx", "version-text", "unwritable", "render-refused"],
 )
-def test_cli_user_errors_exit_2_without_traceback(tmp_path: Path, proxy: str, args: list[str], message: str) -> None:
-    result = CliRunner().invoke(render_nginx, ["--rules", str(_rules(tmp_path, proxy)), *args])
+def test_cli_user_errors_are_one_line_exit_2(tmp_path: Path, proxy: str, args: list[str], message: str) -> None:
+    result = render_cli("--rules", str(_rules(tmp_path, proxy)), *args)
     assert result.exit_code == 2
     assert message in result.stderr
     assert result.stderr.startswith("webhook-server: ")
     assert "Traceback" not in result.output
     assert result.stdout == ""
-    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert isinstance(result.exception, SystemExit)
 
 
 def test_cli_missing_rules_file(tmp_path: Path) -> None:
-    result = CliRunner().invoke(render_nginx, ["--rules", str(tmp_path / "nope.yaml")])
+    result = render_cli("--rules", str(tmp_path / "nope.yaml"))
     assert result.exit_code == 2
     assert "cannot read" in result.stderr
-
-
-def test_cli_bad_version_text(tmp_path: Path) -> None:
-    rules = _rules(tmp_path, "")
-    result = CliRunner().invoke(render_nginx, ["--rules", str(rules), "--openssl-version", "three"])
-    assert result.exit_code == 2
-    assert "'three' is not a version" in result.stderr

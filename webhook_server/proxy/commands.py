@@ -1,7 +1,7 @@
 """``webhook-server render-nginx`` and ``webhook-server reload-proxy`` (registered by ``cli``).
 
-A user's mistake (a bad rules file, no ``proxy:`` section, an unwritable output) ends as one ``webhook-server:``
-message and exit code 2, never a traceback.
+Every error is one of the project's (``webhook_server.errors``, ``ReloadError``): the CLI prints it as one
+``webhook-server:`` line with exit code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -10,52 +10,25 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any
 
 import click
 from pydantic import ValidationError
 
-from webhook_server.errors import DockerError, ServiceNotFound, WebhookError
+from webhook_server.errors import ConfigError
+from webhook_server.problems import dotted, problems
 from webhook_server.proxy import reload as reloading
-from webhook_server.proxy.config import ProxyConfig, parse_version
+from webhook_server.proxy.config import ProxyConfig
 from webhook_server.proxy.render import render_nginx_conf
 from webhook_server.rules import load_rules
 
 log = logging.getLogger(__name__)
 
-USER_ERROR = 2
-
-
-class UserError(click.ClickException):
-    exit_code = USER_ERROR
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"webhook-server: {self.format_message()}", file=file, err=file is None)
-
-
-class Failure(UserError):
-    """Not a mistake in the command but the system's state (nginx -t failed, Docker unreachable): exit 1."""
-
-    exit_code = 1
-
-
-def _check_version(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None:
-        try:
-            parse_version(value)
-        except ValueError as e:
-            raise click.BadParameter(str(e)) from None
-    return value
-
 
 def load_proxy_config(rules_path: Path) -> ProxyConfig:
-    try:
-        rules = load_rules(rules_path)
-    except WebhookError as e:
-        raise UserError(e.message) from None
-    if rules.proxy is None:
-        raise UserError(f"{rules_path}: no proxy: section; see nginx/README.md for an example")
-    return rules.proxy
+    proxy = load_rules(rules_path).proxy
+    if proxy is None:
+        raise ConfigError(f"{rules_path}: no proxy: section; see nginx/README.md for an example")
+    return proxy
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -91,10 +64,9 @@ rules_option = click.option(
     default=None,
     help="Write nginx.conf here (replaced atomically) instead of printing it.",
 )
-@click.option("--nginx-version", callback=_check_version, help="Render for this nginx (overrides proxy.nginx_version).")
+@click.option("--nginx-version", help="Render for this nginx (overrides proxy.nginx_version).")
 @click.option(
     "--openssl-version",
-    callback=_check_version,
     help="Render for nginx built with this OpenSSL (overrides proxy.openssl_version).",
 )
 @click.option(
@@ -114,9 +86,9 @@ def render_nginx(
     try:
         config = config.with_versions(nginx=nginx_version, openssl=openssl_version)
     except ValidationError as e:
-        # with_versions re-validates; a version below the template's minimum lands here.
-        messages = (str(err["msg"]).removeprefix("Value error, ") for err in e.errors())
-        raise UserError("; ".join(messages)) from None
+        # The rules file passed this validation already, so the culprit is an option: name it as typed.
+        loc, text = problems(e)[0]
+        raise ConfigError(f"--{dotted(loc).replace('_', '-')}: {text}" if loc else text) from None
     text = render_nginx_conf(config, acme_only=acme_only)
     if out is None:
         click.echo(text, nl=False)
@@ -124,7 +96,7 @@ def render_nginx(
     try:
         write_atomically(out, text)
     except OSError as e:
-        raise UserError(f"cannot write {out}: {e.strerror}") from None
+        raise ConfigError(f"cannot write {out}: {e.strerror}") from None
     log.info("wrote %s", out)
 
 
@@ -163,10 +135,6 @@ def reload_proxy(service: str, mode: str, rules_path: Path, cert_dir: Path, dock
         report = reloading.reload_proxy(
             swarm, service, mode="secrets" if mode == "secrets" else "signal", config=config, cert_dir=cert_dir
         )
-    except ServiceNotFound as e:
-        raise UserError(e.message) from None
-    except (reloading.ReloadError, DockerError) as e:
-        raise Failure(e.message) from None
     finally:
         swarm.close()
     click.echo(report.summary(service))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import shlex
 import ssl
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -67,7 +68,11 @@ class NginxSwarm(Protocol):
 
     def running_tasks(self, service: str) -> list[NginxTask]: ...
 
-    def check_config(self, container_id: str) -> CheckResult: ...
+    def container_command(self, container_id: str) -> list[str]:
+        """The container's Entrypoint followed by its Cmd, as Swarm set them from the image and the service."""
+        ...
+
+    def run_in_container(self, container_id: str, argv: Sequence[str]) -> CheckResult: ...
 
     def reload(self, container_id: str) -> None: ...
 
@@ -78,15 +83,46 @@ class NginxSwarm(Protocol):
     def use_secrets(self, service: str, secrets: Mapping[str, tuple[str, str]]) -> None: ...
 
 
-def nginx_test_command(argv: Sequence[str]) -> list[str]:
-    """``nginx -t`` for the config the container's nginx runs: its own -c/-p/-g/-e options, plus -t.
+# The names the official image's entrypoint recognises as nginx itself.
+NGINX_EXECUTABLES = ("nginx", "nginx-debug")
+# nginx's options that decide which config it reads and how: the test must use the same ones.
+CONFIG_OPTIONS = "cpge"
 
-    A container started as ``nginx -c /srv/proxy/nginx.conf -g "daemon off;"`` must be checked against
-    /srv/proxy/nginx.conf, not the image's default. Anything else (a wrapper script) gets plain ``nginx -t``.
+
+def nginx_test_command(argv: Sequence[str]) -> list[str] | None:
+    """``nginx -t`` for the config a container's nginx runs, or None when its command does not tell.
+
+    ``argv`` is the container's Entrypoint and Cmd. nginx may follow a wrapper (the official image's
+    ``/docker-entrypoint.sh``, tini): the check takes that nginx's -c/-p/-g/-e, so a container started as
+    ``nginx -c /srv/proxy/nginx.conf -g "daemon off;"`` is checked against /srv/proxy/nginx.conf and not the
+    image's default, which would pass while the config nginx re-reads on SIGHUP is broken.
     """
-    if argv and argv[0].rsplit("/", 1)[-1] == "nginx":
-        return [argv[0], *argv[1:], "-t"]
-    return ["nginx", "-t"]
+    for index, word in enumerate(argv):
+        # The first nginx whose arguments parse: a wrapper's own argument may be "nginx" too (su-exec nginx nginx).
+        if word.rsplit("/", 1)[-1] in NGINX_EXECUTABLES:
+            options = _config_options(argv[index + 1 :])
+            if options is not None:
+                return [word, *options, "-t"]
+    return None
+
+
+def _config_options(args: Sequence[str]) -> list[str] | None:
+    """The config options among nginx's arguments, read as nginx reads them (``-c FILE``, ``-cFILE``, ``-qc
+    FILE``); None for anything nginx would not run as a server with."""
+    options: list[str] = []
+    words = iter(args)
+    for word in words:
+        if not word.startswith("-") or word == "-":
+            return None
+        flags = word[1:]
+        for position, flag in enumerate(flags):
+            if flag in CONFIG_OPTIONS:
+                value = flags[position + 1 :] or next(words, None)
+                if value is None:
+                    return None
+                options += [f"-{flag}", value]
+                break
+    return options
 
 
 @dataclass(frozen=True)
@@ -133,7 +169,15 @@ def reload_by_signal(swarm: NginxSwarm, service: str) -> ReloadReport:
     report = ReloadReport()
     for task in plan.local:
         assert task.container_id is not None
-        result = swarm.check_config(task.container_id)
+        command = swarm.container_command(task.container_id)
+        test = nginx_test_command(command)
+        if test is None:
+            raise ReloadError(
+                f"cannot tell which config nginx runs in task {task.task_id} of {service}, so nothing was "
+                f"reloaded: its command does not start nginx ({shlex.join(command)}). Make nginx the service's "
+                "command (nginx -c FILE -g 'daemon off;'), after an entrypoint that ends in exec \"$@\" if any"
+            )
+        result = swarm.run_in_container(task.container_id, test)
         if not result.ok:
             raise ProxyConfigInvalid(
                 f"nginx -t failed in task {task.task_id} of {service}; nothing was reloaded:\n{result.output.strip()}"

@@ -6,7 +6,8 @@ project's errors.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import shlex
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import docker
@@ -14,8 +15,8 @@ import docker.errors
 from docker.types import SecretReference, UpdateConfig
 
 from webhook_server.errors import DockerError, ServiceNotFound
-from webhook_server.proxy.reload import CheckResult, NginxTask, nginx_test_command
-from webhook_server.swarm.client import connect, translated
+from webhook_server.proxy.reload import CheckResult, NginxTask
+from webhook_server.swarm.client import connect, host_of, translated
 
 log = logging.getLogger(__name__)
 
@@ -24,28 +25,31 @@ SECRET_MODE = 0o400  # read by nginx's master (root) only, like certbot's privke
 
 class SwarmProxy:
     def __init__(self, docker_host: str | None = None, *, timeout: float = 30.0) -> None:
-        self._client = connect(docker_host, timeout=timeout)
+        self._host = host_of(docker_host)
+        # docker-py asks the daemon for its API version here: the first place an unreachable Docker shows.
+        with translated("connecting to Docker", host=self._host):
+            self._client = connect(docker_host, timeout=timeout)
 
     def close(self) -> None:
         self._client.close()
 
     def _service(self, service: str) -> Any:
-        with translated(f"looking up service {service}"):
+        with translated(f"looking up service {service}", host=self._host):
             try:
                 return self._client.services.get(service)
             except docker.errors.NotFound as e:
                 raise ServiceNotFound(service) from e
 
     def local_node_id(self) -> str:
-        with translated("reading this node's swarm state"):
+        with translated("reading this node's swarm state", host=self._host):
             node_id = str(self._client.info().get("Swarm", {}).get("NodeID") or "")
         if not node_id:
-            raise DockerError("this Docker daemon is not part of a swarm")
+            raise DockerError(f"the Docker daemon at {self._host} is not part of a swarm")
         return node_id
 
     def running_tasks(self, service: str) -> list[NginxTask]:
         svc = self._service(service)
-        with translated(f"listing the tasks of {service}"):
+        with translated(f"listing the tasks of {service}", host=self._host):
             tasks = svc.tasks(filters={"desired-state": "running"})
         return [
             NginxTask(
@@ -57,27 +61,29 @@ class SwarmProxy:
             if t["Status"]["State"] == "running"
         ]
 
-    def check_config(self, container_id: str) -> CheckResult:
-        with translated(f"running nginx -t in container {container_id[:12]}"):
-            container = self._client.containers.get(container_id)
-            config = container.attrs.get("Config") or {}
-            argv = [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
-            exit_code, output = container.exec_run(nginx_test_command(argv), stdout=True, stderr=True)
+    def container_command(self, container_id: str) -> list[str]:
+        with translated(f"reading the command of container {container_id[:12]}", host=self._host):
+            config = self._client.containers.get(container_id).attrs.get("Config") or {}
+        return [str(word) for word in (*(config.get("Entrypoint") or []), *(config.get("Cmd") or []))]
+
+    def run_in_container(self, container_id: str, argv: Sequence[str]) -> CheckResult:
+        with translated(f"running {shlex.join(argv)} in container {container_id[:12]}", host=self._host):
+            exit_code, output = self._client.containers.get(container_id).exec_run(list(argv), stdout=True, stderr=True)
         return CheckResult(ok=exit_code == 0, output=output.decode(errors="replace"))
 
     def reload(self, container_id: str) -> None:
-        # nginx is the container's PID 1 (``nginx -g 'daemon off;'``): the signal reaches its master.
-        with translated(f"sending SIGHUP to container {container_id[:12]}"):
+        # nginx is the container's PID 1 (its command, or exec'd by the entrypoint): the signal reaches its master.
+        with translated(f"sending SIGHUP to container {container_id[:12]}", host=self._host, sent=True):
             self._client.containers.get(container_id).kill(signal="SIGHUP")
 
     def force_update(self, service: str) -> None:
         svc = self._service(service)
-        with translated(f"forcing a rolling update of {service}"):
+        with translated(f"forcing a rolling update of {service}", host=self._host, sent=True):
             svc.force_update()
 
     def ensure_secret(self, name: str, data: bytes, labels: Mapping[str, str]) -> str:
         """The secret ``name`` (names carry a content hash, so an existing one holds the same data)."""
-        with translated(f"creating secret {name}"):
+        with translated(f"creating secret {name}", host=self._host, sent=True):
             existing = self._client.secrets.list(filters={"name": name})
             for secret in existing:
                 if secret.name == name:
@@ -114,5 +120,5 @@ class SwarmProxy:
             max_failure_ratio=update.get("MaxFailureRatio"),
             order="start-first",
         )
-        with translated(f"updating {service} to new certificate secrets"):
+        with translated(f"updating {service} to new certificate secrets", host=self._host, sent=True):
             svc.update(secrets=refs, update_config=config)
