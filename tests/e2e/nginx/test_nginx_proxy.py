@@ -12,6 +12,7 @@ import shutil
 import socket
 import ssl
 import time
+from typing import Any
 
 import pytest
 
@@ -181,7 +182,7 @@ def test_site_upstream_gets_forwarding_headers_and_no_proxy_header(stack: ProxyS
 def test_the_token_is_never_logged(stack: ProxyStack) -> None:
     """Every way a request can carry the token: accepted, refused, redirected, oversized, odd spellings."""
     token = stack.token
-    https = {"host": HOOKS, "cafile": stack.ca(HOOKS), "source": "127.0.0.6"}
+    https: dict[str, Any] = {"host": HOOKS, "cafile": stack.ca(HOOKS), "source": "127.0.0.6"}
     json_headers = {"Content-Type": "application/json"}
     request(stack.nginx.http_port, host=HOOKS, method="POST", path=hook_path(token), body=b"{}", tls=False)
     request(stack.nginx.https_port, **https, path=hook_path(token))  # GET: 403
