@@ -15,7 +15,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -84,6 +84,18 @@ CREATE INDEX IF NOT EXISTS transitions_by_deployment ON transitions(deployment_i
 """,
     # When Docker first failed for this deployment: the retry limit counts from here, not from arrival.
     "ALTER TABLE deployments ADD COLUMN first_failed_at TEXT;",
+    # Each attempt to tell someone about a deployment's outcome; the target is a redacted label, never a URL.
+    """
+CREATE TABLE IF NOT EXISTS notifications (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    deployment_id INTEGER NOT NULL REFERENCES deployments(id),
+    at TEXT NOT NULL,
+    target TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS notifications_by_deployment ON notifications(deployment_id);
+""",
 )
 
 
@@ -104,6 +116,15 @@ class Transition(BaseModel):
     at: str
     state: str
     message: str | None
+
+
+class Notification(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    at: str
+    target: str
+    outcome: Literal["sent", "failed"]
+    detail: str | None
 
 
 class Deployment(BaseModel):
@@ -152,14 +173,38 @@ class PushRecord:
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
+Listener = Callable[["Deployment"], None]
+
+
 class Journal:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self._listeners: list[Listener] = []
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
         self._migrate()
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener`` with every deployment this journal moves to a final state, after it is stored.
+
+        Listeners (notifications, metrics) run on the thread that ended the deployment, usually a rollout's:
+        each must hand its work off and return at once. A listener that raises is logged and ignored, so it
+        can never change or delay an outcome.
+        """
+        self._listeners.append(listener)
+
+    def _tell(self, deployment_ids: Iterable[int]) -> None:
+        if not self._listeners:
+            return
+        for deployment_id in deployment_ids:
+            dep = self.get(deployment_id)
+            for listener in self._listeners:
+                try:
+                    listener(dep)
+                except Exception:
+                    log.exception("deployment %s: an outcome listener failed", deployment_id)
 
     def _migrate(self) -> None:
         with self._write() as conn:
@@ -288,6 +333,23 @@ class Journal:
             ).fetchall()
         return [Transition(**dict(r)) for r in rows]
 
+    def record_notification(
+        self, deployment_id: int, *, target: str, outcome: Literal["sent", "failed"], detail: str | None = None
+    ) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO notifications (deployment_id, at, target, outcome, detail) VALUES (?, ?, ?, ?, ?)",
+                (deployment_id, _now(), target, outcome, detail),
+            )
+
+    def notifications(self, deployment_id: int) -> list[Notification]:
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT at, target, outcome, detail FROM notifications WHERE deployment_id = ? ORDER BY id",
+                (deployment_id,),
+            ).fetchall()
+        return [Notification(**dict(r)) for r in rows]
+
     def services_with_queued_work(self) -> list[str]:
         with self._connect() as conn:
             rows = conn.execute(
@@ -366,18 +428,21 @@ class Journal:
             for candidate, reason in decision.refused:
                 self._end(conn, candidate.id, "skipped", reason, now)
             best = decision.chosen
-            if best is None:
-                return None
-            for loser in decision.superseded:
-                conn.execute("UPDATE deployments SET superseded_by = ? WHERE id = ?", (best.id, loser.id))
-                self._end(conn, loser.id, "superseded", f"superseded by deployment {best.id} ({best.tag})", now)
-            conn.execute(
-                "UPDATE deployments SET state = 'running', started_at = COALESCE(started_at, ?), updated_at = ?,"
-                " not_before = NULL WHERE id = ?",
-                (now, now, best.id),
-            )
-            self._log_transition(conn, best.id, "running", "claimed by the executor", now)
-        return self.get(best.id)
+            if best is not None:
+                for loser in decision.superseded:
+                    conn.execute("UPDATE deployments SET superseded_by = ? WHERE id = ?", (best.id, loser.id))
+                    self._end(conn, loser.id, "superseded", f"superseded by deployment {best.id} ({best.tag})", now)
+                self._run(conn, best.id, now)
+        self._tell([c.id for c, _ in decision.refused] + [c.id for c in decision.superseded])
+        return self.get(best.id) if best is not None else None
+
+    def _run(self, conn: sqlite3.Connection, deployment_id: int, now: str) -> None:
+        conn.execute(
+            "UPDATE deployments SET state = 'running', started_at = COALESCE(started_at, ?), updated_at = ?,"
+            " not_before = NULL WHERE id = ?",
+            (now, now, deployment_id),
+        )
+        self._log_transition(conn, deployment_id, "running", "claimed by the executor", now)
 
     def _end(self, conn: sqlite3.Connection, deployment_id: int, state: State, message: str, now: str) -> None:
         conn.execute(
@@ -430,6 +495,8 @@ class Journal:
                     state or conn.execute("SELECT state FROM deployments WHERE id = ?", (deployment_id,)).fetchone()[0]
                 )
                 self._log_transition(conn, deployment_id, current, note or message, now)
+        if state in TERMINAL:
+            self._tell([deployment_id])
         return self.get(deployment_id)
 
     def retry_later(

@@ -11,7 +11,7 @@ import pytest
 
 from webhook_server.errors import ConfigError
 from webhook_server.journal import _MIGRATIONS, SCHEMA_VERSION, Journal, PushRecord
-from webhook_server.matching import DeployPlan
+from webhook_server.matching import Coalesced, DeployPlan
 
 PLAN = DeployPlan(service="api", repository="acme/api", image="acme/api", tag="1.0.0")
 
@@ -72,3 +72,29 @@ def test_the_first_transition_names_the_trigger(tmp_path: Path, trigger: str, te
     journal = Journal(tmp_path / "j.sqlite3")
     [dep] = journal.accept(PushRecord(trigger=trigger, repository="acme/api", tag="1.0.0"), [PLAN])  # type: ignore[arg-type]
     assert journal.transitions(dep.id)[0].message == text
+
+
+def test_listeners_hear_every_final_state_once_and_cannot_break_it(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+    heard: list[tuple[int, str]] = []
+    journal.subscribe(lambda d: heard.append((d.id, d.state)))
+    journal.subscribe(lambda d: 1 / 0)  # type: ignore[func-returns-value]
+    push = PushRecord(trigger="dockerhub", repository="acme/api", tag="1.0.0")
+    a, b, c = (journal.accept(push, [PLAN])[0] for _ in range(3))
+
+    chosen = journal.claim(
+        "api", lambda cands: Coalesced(chosen=cands[2], superseded=(cands[1],), refused=((cands[0], "older"),))
+    )
+    assert chosen is not None and chosen.id == c.id
+    journal.update(c.id, note="still going")
+    journal.update(c.id, state="succeeded", message="done")
+
+    assert sorted(heard) == [(a.id, "skipped"), (b.id, "superseded"), (c.id, "succeeded")]
+
+
+def test_notifications_are_recorded_per_deployment(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+    [dep] = journal.accept(PushRecord(trigger="dockerhub", repository="acme/api", tag="1.0.0"), [PLAN])
+    journal.record_notification(dep.id, target="json://127.0.0.1:…", outcome="failed", detail="HTTP 500")
+    [note] = journal.notifications(dep.id)
+    assert (note.target, note.outcome, note.detail) == ("json://127.0.0.1:…", "failed", "HTTP 500")
