@@ -91,6 +91,14 @@ class Server:
             check=check,
         )
 
+    def worker_pids(self) -> set[int]:
+        """gunicorn's workers: the master's direct children (from /proc)."""
+        pids: set[int] = set()
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+                pids.update(int(p) for p in (task / "children").read_text().split())
+        return pids
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop gunicorn and its workers: the whole process group it leads, by its pid."""
         if self.proc.poll() is None:

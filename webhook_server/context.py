@@ -66,6 +66,7 @@ class Services:
         self.executor.wake()
         thread = self.executor_thread
         if thread is not None and thread.is_alive():
+            log.info("stopping the executor")
             thread.join(timeout)
             if thread.is_alive():
                 log.warning("the executor did not stop within %gs", timeout)
