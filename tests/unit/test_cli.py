@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from tests.fakes import FakeSwarm
 from webhook_server import cli
 from webhook_server.journal import Deployment
+from webhook_server.operations import open_journal
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = str(REPO / "deploy_rules.yaml")
@@ -284,3 +285,24 @@ def test_dry_run_exits_0_when_it_would_update(fake_swarm: FakeSwarm) -> None:
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1] == f"would update to acme/simple-api:1.2.4@{digest}"
     assert fake_swarm.updates() == []
+
+
+@pytest.mark.xfail(
+    reason="swarm/client.py's translated() does not yet turn paramiko's connection errors into DockerUnavailable",
+    strict=False,
+)
+def test_an_unreachable_ssh_docker_host_is_one_line_naming_it(tmp_path: Path) -> None:
+    host = "ssh://nobody@127.0.0.1:1"
+    env = {"DOCKER_HOST": host, "WEBHOOK_RULES": RULES, "WEBHOOK_DB": str(tmp_path / "j.sqlite3")}
+    assert host in one_line_error(run("deploy", "a3_api", "1.2.3", "--dry-run", env=env))
+
+
+def test_deploy_says_which_journal_it_starts_and_calls_itself_manual(fake_swarm: FakeSwarm, tmp_path: Path) -> None:
+    fake_swarm.push("acme/simple-api", "1.2.4")
+    result = CliRunner().invoke(cli.main, ["deploy", "a3_api", "1.2.4"])
+
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[0] == f"webhook-server: new journal at {tmp_path / 'j.sqlite3'}"
+    assert result.stdout.splitlines()[-1].startswith("deployment 1: succeeded")
+    [row] = cli.history_table(open_journal(tmp_path / "j.sqlite3").find(), now=datetime.now(UTC))[1:]
+    assert row.split()[5:7] == ["manual", "succeeded"]
