@@ -37,6 +37,7 @@ class FakeSwarm:
     stuck: set[str] = field(default_factory=set)  # image refs whose update stays "updating"
     manager: bool = True
     task_list: dict[str, list[TaskState]] = field(default_factory=dict)
+    health_failures: dict[str, str] = field(default_factory=dict)  # container id -> last failed check
     calls: list[tuple[str, ...]] = field(default_factory=list)
     _pending: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
 
@@ -81,6 +82,10 @@ class FakeSwarm:
         if service not in self.services:
             raise ServiceNotFound(service)
         return list(self.task_list.get(service, []))
+
+    def health_failure(self, container_id: str) -> str | None:
+        self.calls.append(("health_failure", container_id))
+        return self.health_failures.get(container_id)
 
     def resolve_digest(self, image: str, tag: str) -> str:
         self.calls.append(("resolve_digest", image, tag))

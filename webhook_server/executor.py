@@ -37,7 +37,7 @@ MAX_BACKOFF_EXPONENT = 30
 UNSCHEDULABLE_GRACE = timedelta(seconds=5)
 # Task states that say nothing went wrong (yet).
 _QUIET_TASK_STATES = frozenset(
-    {"new", "allocated", "assigned", "accepted", "preparing", "ready", "starting", "running"}
+    {"new", "allocated", "assigned", "accepted", "preparing", "ready", "starting", "running", "shutdown", "complete"}
 )
 
 Final = Literal["succeeded", "rolled_back", "failed", "skipped"]
@@ -79,7 +79,12 @@ def task_errors(tasks: list[TaskState], image: str) -> list[str]:
     found: dict[str, str] = {}
     for task in tasks:
         reason = task.error or task.message
-        if task.image != image or task.state in _QUIET_TASK_STATES or not reason or reason in found:
+        if (
+            task.image != image
+            or (task.state in _QUIET_TASK_STATES and not task.error)
+            or not reason
+            or reason in found
+        ):
             continue
         where = f"task on {task.node}" if task.node else "task"
         found[reason] = f"{where}: {task.state}: {reason}"
@@ -93,6 +98,10 @@ def unschedulable(tasks: list[TaskState], image: str) -> str | None:
         if task.image == image and task.state == "pending" and "no suitable node" in reason:
             return reason
     return None
+
+
+def _with(message: str, reasons: dict[str, None]) -> str:
+    return "; ".join([message, *list(reasons)[:3]])
 
 
 def backoff(attempts: int, max_delay: timedelta) -> timedelta:
@@ -279,6 +288,9 @@ class Executor:
         seen: tuple[str | None, str | None] | None = None
         last_seen = "Swarm has not started the update"
         unplaceable_since: float | None = None
+        # Task errors are gathered while Swarm rolls back: once it has, the failed tasks are shut down and
+        # their status says only "shutdown", and the reason would be lost.
+        task_reasons: dict[str, None] = {}
         while True:
             try:
                 state = self._swarm.inspect(dep.service)
@@ -300,12 +312,14 @@ class Executor:
                 if outcome == "succeeded":
                     self._finish(dep, "succeeded", swarm_says)
                     return
+                if outcome in ("rolling_back", "rolled_back", "paused"):
+                    task_reasons.update(dict.fromkeys(self._task_errors(dep)))
                 if outcome == "rolled_back":
-                    self._finish(dep, "rolled_back", self._with_task_errors(dep, self._rollback_message(dep, state)))
+                    self._finish(dep, "rolled_back", _with(self._rollback_message(dep, state), task_reasons))
                     return
                 if outcome == "paused":
                     message = f"Swarm paused the update: {state.update_message}"
-                    self._finish(dep, "failed", self._with_task_errors(dep, message))
+                    self._finish(dep, "failed", _with(message, task_reasons))
                     return
                 if outcome == "diverged":
                     self._finish(dep, "failed", f"the update completed but {dep.service} now runs {state.image}")
@@ -325,7 +339,8 @@ class Executor:
                     )
             if time.monotonic() > deadline:
                 message = f"no outcome within {format_duration(rule.timeout)}; {last_seen}"
-                self._finish(dep, "failed", self._with_task_errors(dep, message))
+                task_reasons.update(dict.fromkeys(self._task_errors(dep)))
+                self._finish(dep, "failed", _with(message, task_reasons))
                 return
             if self._stop.wait(self._watch_interval):
                 self._journal.update(dep.id, note="executor stopping; the next executor follows this rollout")
@@ -337,15 +352,21 @@ class Executor:
         except DockerError:
             return None
 
-    def _with_task_errors(self, dep: Deployment, message: str) -> str:
-        """Add Swarm's reasons from the new image's tasks: the real cause, not only "early termination"."""
+    def _task_errors(self, dep: Deployment) -> list[str]:
+        """Swarm's reasons from the new image's tasks: the real cause, not only "early termination"."""
         if dep.image_ref is None:
-            return message
+            return []
         try:
-            errors = task_errors(self._swarm.tasks(dep.service), dep.image_ref)
+            tasks = self._swarm.tasks(dep.service)
+            health = [
+                f"task on {t.node}: health check failed: {failure}"
+                for t in tasks
+                if t.image == dep.image_ref and t.container_id and not t.error
+                if (failure := self._swarm.health_failure(t.container_id))
+            ]
+            return task_errors(tasks, dep.image_ref) + health
         except DockerError:
-            return message
-        return f"{message}; " + "; ".join(errors[:3]) if errors else message
+            return []
 
     def _rollback_message(self, dep: Deployment, state: ServiceState) -> str:
         # Swarm's reason is in the rollback_started message; rollback_completed only says "rollback completed".

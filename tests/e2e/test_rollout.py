@@ -86,6 +86,9 @@ def test_fan_out_updates_two_services_from_one_push(bed: SwarmBed, unique: str, 
         assert_all_tasks_run(bed, d["service"], f"{new}@{digest}", replicas=1)
 
 
+TASK_ERRORS = {"crash": ": failed: task: non-zero exit (3)", "unhealthy": ": health check failed: exit 1"}
+
+
 @pytest.mark.parametrize("kind", ["crash", "unhealthy"])
 def test_failing_image_is_rolled_back_and_reported(bed: SwarmBed, unique: str, make_server: ServerFactory, kind: str):
     """A task that exits, or whose healthcheck fails, within the monitor window: Swarm rolls back."""
@@ -101,7 +104,8 @@ def test_failing_image_is_rolled_back_and_reported(bed: SwarmBed, unique: str, m
 
     assert dep["state"] == "rolled_back", dep
     assert "update rolled back due to failure or early termination of task" in dep["message"]
-    assert dep["message"].endswith("(rollback_completed: rollback completed)")
+    assert "(rollback_completed: rollback completed); task on " in dep["message"]
+    assert TASK_ERRORS[kind] in dep["message"]  # Swarm's reason for the task, not only "early termination"
     assert spec_image(bed, unique) == good_ref
     assert_all_tasks_run(bed, unique, good_ref, replicas=2)
 

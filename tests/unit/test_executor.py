@@ -457,3 +457,22 @@ def test_rollback_can_return_to_the_image_from_before_the_first_deployment(journ
 def test_rollback_with_nothing_earlier_says_what_is_possible(journal: Journal, swarm: FakeSwarm) -> None:
     with pytest.raises(NotAllowed, match=r"deploy a tag instead \(webhook-server deploy SERVICE TAG\)"):
         plan_rollback(journal=journal, rules=RULES, service="api", running_image=swarm.services["api"].image)
+
+
+def test_rollback_message_carries_the_failed_health_check(journal: Journal, swarm: FakeSwarm) -> None:
+    digest = swarm.push(IMAGE, "1.1.0")
+    target = f"{IMAGE}:1.1.0@{digest}"
+    swarm.crashing.add(target)
+    swarm.task_list["api"] = [
+        TaskState(node="vm", image=target, state="shutdown", desired_state="shutdown", message="shutdown"),
+        TaskState(node="vm", image=target, state="complete", desired_state="shutdown", container_id="c1"),
+    ]
+    swarm.health_failures["c1"] = "exit 1: curl: (7) Failed to connect"
+    [dep_id] = enqueue(journal, "api", "1.1.0")
+
+    make_executor(journal, swarm).drain("api")
+
+    message = journal.get(dep_id).message or ""
+    assert message.endswith(
+        "(rollback_completed: rollback completed); task on vm: health check failed: exit 1: curl: (7) Failed to connect"
+    ), message

@@ -114,6 +114,20 @@ class SwarmServices:
         raw.sort(key=lambda t: t.get("UpdatedAt", ""), reverse=True)
         return [_task(t, names) for t in raw]
 
+    def health_failure(self, container_id: str) -> str | None:
+        """The last failed health check of a container on this node ("exit 1: output"), or None when it
+        has none, or runs on another node (whose Docker this process cannot ask)."""
+        try:
+            with self._talking(f"inspect container {container_id[:12]}"):
+                attrs = self._docker().api.inspect_container(container_id)
+        except DockerError:
+            return None
+        failed = [e for e in (attrs.get("State", {}).get("Health") or {}).get("Log") or [] if e.get("ExitCode")]
+        if not failed:
+            return None
+        output = " ".join(str(failed[-1].get("Output") or "").split())[:200]
+        return f"exit {failed[-1]['ExitCode']}" + (f": {output}" if output else "")
+
     def resolve_digest(self, image: str, tag: str) -> str:
         """The registry's manifest digest for image:tag; ImageNotFound if the registry has no such tag."""
         ref = f"{image}:{tag}"
@@ -162,6 +176,7 @@ def _task(raw: dict[str, Any], node_names: dict[str, str]) -> TaskState:
         desired_state=str(raw.get("DesiredState", "")),
         message=str(status.get("Message", "")),
         error=str(status.get("Err", "")),
+        container_id=str((status.get("ContainerStatus") or {}).get("ContainerID") or ""),
     )
 
 
