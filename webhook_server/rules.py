@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from webhook_server import problems
 from webhook_server.durations import Duration, duration
@@ -155,6 +164,29 @@ def _matching(pattern: re.Pattern[str], what: str) -> BeforeValidator:
 
 ImageName = Annotated[str, _matching(IMAGE_NAME, "image name (lowercase, no tag or digest)")]
 
+# The final states a rule may ask to be told about (``notify_on``).
+NotifyEvent = Literal["succeeded", "rolled_back", "failed", "skipped", "superseded"]
+DEFAULT_NOTIFY_ON: tuple[NotifyEvent, ...] = ("rolled_back", "failed")
+
+
+def _notify_url(value: Any) -> Any:
+    # Imported here: apprise loads its ~100 plugins on first use, and only files that notify need it.
+    from webhook_server.notify import url_problem
+
+    problem = url_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value.strip()
+
+
+def _unique_events(value: Any) -> Any:
+    return list(dict.fromkeys(value)) if isinstance(value, list | tuple) else value
+
+
+# A secret: its repr, str and JSON are "**********", so a rule printed or serialized never shows it.
+NotifyUrl = Annotated[SecretStr, BeforeValidator(_notify_url)]
+NotifyEvents = Annotated[tuple[NotifyEvent, ...], BeforeValidator(_unique_events)]
+
 
 class UpdateSettings(BaseModel):
     """Swarm's UpdateConfig for a rollout. ``failure_action: rollback`` makes Swarm health-gate it."""
@@ -185,6 +217,9 @@ class Defaults(BaseModel):
 
     update: UpdateSettings = UpdateSettings()
     timeout: Duration = duration(minutes=5)
+    # Apprise URLs told about every service's outcomes (besides the server's global ones).
+    notify: tuple[NotifyUrl, ...] = ()
+    notify_on: NotifyEvents = DEFAULT_NOTIFY_ON
 
 
 class ServiceEntry(BaseModel):
@@ -198,6 +233,9 @@ class ServiceEntry(BaseModel):
     policy: Policy | None = None
     update: UpdateOverrides = UpdateOverrides()
     timeout: Duration | None = None
+    # Replace the defaults' (``notify: []`` turns them off for this service).
+    notify: tuple[NotifyUrl, ...] | None = None
+    notify_on: NotifyEvents | None = None
 
     @field_validator("policy")
     @classmethod
@@ -232,6 +270,8 @@ class Rule(BaseModel):
     policy: Policy | None
     update: UpdateSettings
     timeout: Duration
+    notify: tuple[SecretStr, ...] = ()
+    notify_on: tuple[NotifyEvent, ...] = DEFAULT_NOTIFY_ON
 
     @property
     def is_semver(self) -> bool:
@@ -251,9 +291,13 @@ class Rule(BaseModel):
         policy = f", policy {self.effective_policy}" if self.is_semver else ""
         batch = "all at once" if u.parallelism == 0 else f"{u.parallelism} at a time"
         ratio = f" (tolerating {u.max_failure_ratio:.0%} failed)" if u.max_failure_ratio else ""
+        # How many, never which: the URLs hold tokens.
+        notify = (
+            f", notifies {len(self.notify)} URL(s) when {', '.join(self.notify_on) or 'never'}" if self.notify else ""
+        )
         return (
             f"{target}, tags {self.tags}{policy}, timeout {self.timeout}, update {batch} every {u.delay}, "
-            f"{u.order}, monitor {u.monitor}, on failure {u.failure_action}{ratio}"
+            f"{u.order}, monitor {u.monitor}, on failure {u.failure_action}{ratio}{notify}"
         )
 
 
@@ -277,6 +321,8 @@ class RuleSet(BaseModel):
                 policy=entry.policy,
                 update=defaults.update.model_copy(update=overrides),
                 timeout=entry.timeout if entry.timeout is not None else defaults.timeout,
+                notify=entry.notify if entry.notify is not None else defaults.notify,
+                notify_on=entry.notify_on if entry.notify_on is not None else defaults.notify_on,
             )
         return cls(rules=rules, proxy=parsed.proxy)
 

@@ -24,7 +24,7 @@ from webhook_server.rules import (
 
 SHIPPED = Path(__file__).resolve().parents[2] / "deploy_rules.yaml"
 FORMS = "use forms like 500ms, 5s, 2m, 1h or 1m30s"
-SERVICE_KEYS = "repository, image, tags, policy, update, timeout"
+SERVICE_KEYS = "repository, image, tags, policy, update, timeout, notify, notify_on"
 UPDATE_KEYS = "parallelism, delay, order, failure_action, monitor, max_failure_ratio"
 
 
@@ -216,7 +216,7 @@ ERRORS: list[tuple[str, str, list[str]]] = [
     (
         "unknown-defaults-key",
         HEADER.replace("  timeout: 5m\n", "  timeout: 5m\n  retries: 3\n") + "    tags: latest\n",
-        ["line 4: defaults.retries: unknown key 'retries' — the keys here are update, timeout"],
+        ["line 4: defaults.retries: unknown key 'retries' — the keys here are update, timeout, notify, notify_on"],
     ),
     (
         "unknown-update-key",
@@ -369,7 +369,7 @@ def test_several_errors_are_all_reported() -> None:
         "line 11: services.api: duplicate key",
         "line 2: defaults.update.parallelism: must be at least 0",
         f"line 2: defaults.update.monitor: '5x' is not a duration: {FORMS}",
-        "line 3: defaults.colour: unknown key 'colour' — the keys here are update, timeout",
+        "line 3: defaults.colour: unknown key 'colour' — the keys here are update, timeout, notify, notify_on",
     ]
     # The duplicate's last occurrence is what YAML keeps; the first entry's errors are hidden by it.
     assert exc.value.problems == expected
