@@ -240,9 +240,37 @@ class _Capture(logging.Handler):
         with self._lock_:
             return self._by_thread.pop(ident, [])
 
+    def attempting(self, ident: int) -> bool:
+        with self._lock_:
+            return ident in self._by_thread
+
 
 _CAPTURE = _Capture()
 _APPRISE_LOG.addHandler(_CAPTURE)
+
+
+class _NotFromAttempts(logging.Filter):
+    """Drops what the HTTP libraries log on an attempt's thread: at DEBUG urllib3 writes each request line,
+    and the path of a web hook URL is often its token (``/services/T000/B000/XXXX``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _CAPTURE.attempting(record.thread or 0)
+
+
+# A filter on a logger sees only that logger's own records, so each module that logs requests is named.
+for _name in (
+    "urllib3",
+    "urllib3.connectionpool",
+    "urllib3.connection",
+    "urllib3.poolmanager",
+    "urllib3.response",
+    "urllib3.util.retry",
+    "requests",
+    "requests_oauthlib",
+    "requests_oauthlib.oauth2_session",
+    "oauthlib",
+):
+    logging.getLogger(_name).addFilter(_NotFromAttempts())
 
 
 @dataclass
@@ -394,7 +422,10 @@ class Notifier:
             return
         attempt = _Attempt()
         thread = threading.Thread(
-            target=self._attempt, args=(attempt, url, title, body, _NOTIFY_TYPES.get(dep.state)), daemon=True
+            target=self._attempt,
+            args=(attempt, url, title, body, _NOTIFY_TYPES.get(dep.state)),
+            name="notify-attempt",
+            daemon=True,
         )
         started = time.monotonic()
         thread.start()
