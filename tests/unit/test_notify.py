@@ -118,7 +118,7 @@ def test_the_message_of_a_deployment_that_never_reached_swarm(journal: Journal) 
     [dep] = journal.accept(push, [DeployPlan(service="api", repository="acme/api", image="acme/api", tag="9.9.9")])
     dep = journal.update(dep.id, state="failed", message="tag 9.9.9 is not in the registry")
 
-    title, body = message_for(dep)
+    body = message_for(dep)[1]
 
     assert body.splitlines()[0] == "api failed: unknown → 9.9.9"
     assert "reason: tag 9.9.9 is not in the registry" in body
