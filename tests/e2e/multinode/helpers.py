@@ -175,3 +175,13 @@ def recording(node: Node, path: Path) -> Iterator[DockerApiRecorder]:
         yield recorder
     finally:
         recorder.close()
+
+
+def task_table(bed: MultiNodeBed, service: str) -> list[tuple[str, str, str, str, str]]:
+    """Every task of ``service`` as (node, image tag, desired state, state, error): for failure messages."""
+    rows = []
+    for t in bed.client.services.get(service).tasks():
+        node = bed.node(str(t["NodeID"])).name if t.get("NodeID") else "-"
+        image = str(t["Spec"]["ContainerSpec"]["Image"]).split("@")[0].rpartition(":")[2]
+        rows.append((node, image, t["DesiredState"], t["Status"]["State"], t["Status"].get("Err", "")))
+    return sorted(rows)
