@@ -225,7 +225,7 @@ def test_a_failing_notifier_is_recorded_failed_and_changes_nothing(
     expected: str,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    mocked.post(HOOK, **answer)  # type: ignore[arg-type]
+    mocked.post(HOOK, **answer)
     make_notifier()
 
     dep = finish(journal)
