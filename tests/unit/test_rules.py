@@ -683,3 +683,83 @@ DESCRIBED: list[tuple[dict[str, Any], str]] = [
 @pytest.mark.parametrize(("entry", "line"), DESCRIBED, ids=["semver", "glob-tuned"])
 def test_describe_writes_durations_as_the_file_does(entry: dict[str, Any], line: str) -> None:
     assert rules_of({"svc": entry}).rules["svc"].describe() == line
+
+
+# ---- notifications ------------------------------------------------------------------------------
+SECRET = "xoxb-Secret-Token-9f2c"
+HOOK = f"json://127.0.0.1:8080/hooks/{SECRET}"
+OTHER = f"discord://4174216298/{SECRET}-discord"
+
+
+def test_notify_defaults_to_rollbacks_and_failures_and_no_urls() -> None:
+    rule = rules_of({"svc": {"repository": "acme/api", "tags": "latest"}}).rules["svc"]
+    assert rule.notify == ()
+    assert rule.notify_on == ("rolled_back", "failed")
+
+
+def test_notify_in_defaults_applies_to_every_service_unless_one_sets_its_own() -> None:
+    rules = rules_of(
+        {
+            "inherits": {"repository": "acme/api", "tags": "latest"},
+            "own": {"repository": "acme/web", "tags": "latest", "notify": [OTHER], "notify_on": ["succeeded"]},
+            "silent": {"repository": "acme/job", "tags": "latest", "notify": []},
+        },
+        defaults={"notify": [HOOK], "notify_on": ["failed", "succeeded", "skipped", "superseded", "failed"]},
+    )
+    inherits, own, silent = rules.rules["inherits"], rules.rules["own"], rules.rules["silent"]
+    assert [u.get_secret_value() for u in inherits.notify] == [HOOK]
+    # Listed twice, kept once.
+    assert inherits.notify_on == ("failed", "succeeded", "skipped", "superseded")
+    assert [u.get_secret_value() for u in own.notify] == [OTHER]
+    assert own.notify_on == ("succeeded",)
+    assert silent.notify == ()
+    assert silent.notify_on == inherits.notify_on
+
+
+def test_notify_urls_never_show_when_rules_are_printed_or_serialized() -> None:
+    rules = rules_of({"svc": {"repository": "acme/api", "tags": "latest", "notify": [HOOK, OTHER]}})
+    rule = rules.rules["svc"]
+    for text in (repr(rule), str(rule), rules.model_dump_json(), repr(rules.model_dump()), rule.describe()):
+        assert SECRET not in text
+    assert rule.describe().endswith(", notifies 2 URL(s) when rolled_back, failed")
+
+
+def test_bad_notify_entries_are_located_and_never_echoed() -> None:
+    found = problems_of(
+        f"""\
+        defaults:
+          notify_on: [rolled_back, exploded]
+        services:
+          api:
+            repository: acme/api
+            tags: latest
+            notify:
+              - {HOOK}
+              - nosuchservice://{SECRET}
+              - {SECRET}
+              - discord://{SECRET}
+              - 42
+        """
+    )
+    assert found == [
+        "line 2: defaults.notify_on.1: must be 'succeeded', 'rolled_back', 'failed', 'skipped' or 'superseded'",
+        "line 9: services.api.notify.1: nosuchservice:// is not a notification service apprise knows",
+        "line 10: services.api.notify.2: is not a notification URL (SERVICE://…, such as json://host/path or"
+        " slack://…)",
+        "line 11: services.api.notify.3: is not a valid Discord URL (discord://…): a part is missing or malformed",
+        "line 12: services.api.notify.4: must be a string: a notification URL such as json://host/path or"
+        " slack://TOKEN_A/TOKEN_B/TOKEN_C",
+    ]
+    assert not any(SECRET in p for p in found)
+
+
+def test_notify_must_be_a_list() -> None:
+    assert problems_of(
+        f"""\
+        services:
+          api:
+            repository: acme/api
+            tags: latest
+            notify: {HOOK}
+        """
+    ) == ["line 5: services.api.notify: must be a list"]
