@@ -68,6 +68,9 @@ if not _APPRISE_LOG.handlers:
     # Without a handler of its own, logging would print apprise's records through its last-resort handler.
     _APPRISE_LOG.addHandler(logging.NullHandler())
 
+# How services that show a sender (Slack, Discord, Teams, e-mail) name us; apprise's default is "Apprise".
+_ASSET = apprise.AppriseAsset(app_id="webhook-server", app_desc="Docker Swarm deployments")
+
 _NOTIFY_TYPES: dict[str, apprise.NotifyType] = {
     "succeeded": apprise.NotifyType.SUCCESS,
     "rolled_back": apprise.NotifyType.FAILURE,
@@ -408,12 +411,18 @@ class Notifier:
 
     def _run(self) -> None:
         while (work := self._next()) is not None:
-            title, body = message_for(work.dep)
+            # A bug below must cost one notification, not the sender thread.
+            try:
+                title, body = message_for(work.dep)
+            except Exception:
+                log.exception("deployment %s: cannot write its notification", work.dep.id)
+                for url in work.urls:
+                    self._record(work.dep, url, "failed", "not sent: the message could not be written")
+                continue
             for url in work.urls:
                 try:
                     self._send(work.dep, url, title, body)
                 except Exception:
-                    # A bug here must cost one notification, not the sender thread.
                     log.exception("deployment %s: notifying %s failed unexpectedly", work.dep.id, label(url))
 
     def _send(self, dep: Deployment, url: str, title: str, body: str) -> None:
@@ -461,7 +470,7 @@ class Notifier:
     ) -> None:
         _CAPTURE.begin()
         try:
-            plugin = apprise.Apprise.instantiate(url)
+            plugin = apprise.Apprise.instantiate(url, asset=_ASSET)
             if plugin is None:
                 attempt.error = "apprise cannot use this URL"
                 return

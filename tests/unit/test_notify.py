@@ -205,6 +205,7 @@ def test_an_outcome_is_posted_and_recorded_sent(
     assert payload["message"] == message_for(journal.get(dep.id))[1]
     assert "non-zero exit (3)" in payload["message"]
     assert payload["type"] == "failure"
+    assert call.request.headers["User-Agent"] == "webhook-server"
 
 
 @pytest.mark.parametrize(
