@@ -28,13 +28,14 @@ def rules(
     *,
     order: str = "stop-first",
     monitor: str = "1s",
+    delay: str = "0s",
     timeout: str = "60s",
 ) -> str:
     """One semver rule; stop-first by default, because one-task-per-node placement leaves start-first no
     node to start the new task on."""
     return (
         "defaults:\n"
-        f"  update: {{parallelism: 1, delay: 0s, order: {order}, failure_action: rollback, monitor: {monitor}}}\n"
+        f"  update: {{parallelism: 1, delay: {delay}, order: {order}, failure_action: rollback, monitor: {monitor}}}\n"
         f"  timeout: {timeout}\n"
         "services:\n"
         f"  {service}: {{repository: {repo}, image: '{image}', tags: semver}}\n"

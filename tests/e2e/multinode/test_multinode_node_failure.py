@@ -26,8 +26,9 @@ def test_node_stopped_mid_rollout_ends_the_deployment_and_the_service_converges_
     new = mbed.make_image(repo, "1.1.0")
     old_ref, new_ref = (f"{r}@{mbed.registry_digest(r)}" for r in (old, new))
     mbed.create_service(unique, old_ref, replicas=3, maxreplicas=1, stop_grace_period=GRACE_NS)
+    # A delay between tasks holds the rollout half-way long enough to stop a node there.
     server = make_server(
-        rules(unique, repo, f"{mbed.registry}/{repo}", monitor="2s", timeout="40s"), docker_host=mbed.docker_host
+        rules(unique, repo, f"{mbed.registry}/{repo}", delay="2s", timeout="40s"), docker_host=mbed.docker_host
     )
 
     [summary] = server.hook(documented_payload(repo, "1.1.0")).json()["deployments"]
