@@ -4,6 +4,7 @@ asking that node's own dockerd what it runs."""
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import pytest
@@ -117,3 +118,27 @@ def test_placement_and_the_rest_of_the_spec_survive_rollouts(
         # Only the labelled nodes, one task each; the unlabelled node never gets one.
         wait_runs_on(mbed, unique, dep["image_ref"], web)
         assert other.name not in mbed.images_by_node(unique)
+
+
+def test_a_rollout_swarm_cannot_place_fails_at_once_with_swarms_reason(
+    mbed: MultiNodeBed, unique: str, make_server: ServerFactory
+):
+    """start-first with one task per node on every node: the new task has nowhere to start, and Swarm
+    would sit in `updating` for ever."""
+    repo = f"acme/{unique}"
+    old = mbed.make_image(repo, "1.0.0")
+    mbed.make_image(repo, "1.1.0")
+    mbed.create_service(unique, pinned(mbed, old), replicas=3, maxreplicas=1, stop_grace_period=GRACE_NS)
+    server = make_server(
+        rules(unique, repo, f"{mbed.registry}/{repo}", order="start-first", timeout="5m"),
+        docker_host=mbed.docker_host,
+    )
+
+    started = time.monotonic()
+    dep = deploy(server, repo, "1.1.0")
+
+    assert dep["state"] == "failed", dep
+    assert "no suitable node (max replicas per node limit exceed" in dep["message"], dep["message"]
+    assert time.monotonic() - started < 60  # the reason, not the 5-minute timeout
+    # The old tasks were never stopped: every node still serves the old digest.
+    wait_runs_on(mbed, unique, pinned(mbed, old), mbed.nodes)
