@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.bed import BedUnavailable, bed_required
-from tests.multinode import MultiNodeBed, start_multinode
+from tests.bed import BedUnavailable, bed_required, missing_prerequisites
+from tests.multinode import MultiNodeBed, missing_network_prerequisites, start_multinode
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +26,16 @@ def swarm3() -> Iterator[MultiNodeBed]:
     yield bed
     survivors = bed.stop()
     assert not survivors, f"the multi-node bed left these behind: {survivors}"
+
+
+@pytest.fixture
+def multinode_prerequisites() -> None:
+    """For tests that boot beds of their own: skip where the bed cannot run, fail under CI."""
+    problem = missing_prerequisites() or missing_network_prerequisites()
+    if problem and bed_required():
+        pytest.fail(f"the multi-node test bed is required here (CI / REQUIRE_SWARM=1) but cannot start: {problem}")
+    if problem:
+        pytest.skip(f"multi-node test bed unavailable: {problem}")
 
 
 @pytest.fixture

@@ -55,6 +55,7 @@ def veth_name(netns: str) -> str:
     return f"wsp{suffix}{index}"
 
 
+@pytest.mark.usefixtures("multinode_prerequisites")
 def test_managers_and_workers_per_call_and_nothing_left_behind() -> None:
     """A throwaway bed of 2 managers + 1 worker: after stop, no process, mount, namespace, link, rule or
     dir of it exists."""
