@@ -338,7 +338,6 @@ def _form_swarm(nodes: Sequence[Node]) -> None:
         advertise_addr=first.address,
         listen_addr=f"{first.address}:2377",
         dispatcher_heartbeat_period=HEARTBEAT_NS,
-        task_history_retention_limit=2,
     )
     tokens = first.client.swarm.attrs["JoinTokens"]
     # Managers join one by one: Raft adds one member at a time, and a second join while the first is
