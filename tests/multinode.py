@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import shutil
 import subprocess
 import tempfile
 import time
@@ -211,8 +212,6 @@ def undo_all(undo: list[Undo]) -> list[str]:
 
 
 def missing_network_prerequisites() -> str | None:
-    import shutil
-
     missing = [b for b in NETWORK_BINARIES if shutil.which(b) is None]
     if missing:
         return "missing: " + ", ".join(missing) + " (install iproute2 iptables util-linux)"
@@ -234,9 +233,8 @@ def start_multinode(managers: int = 3, workers: int = 0, *, boot_timeout: float 
     undo: list[Undo] = []
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        subnet = _free_subnet()
         bridge = f"wsbr{suffix}"
-        _make_bridge(bridge, f"{subnet}.{BRIDGE_HOST}", undo)
+        subnet = _claim_subnet(bridge, undo)
         netns = [f"wsn{suffix}-{i}" for i in range(managers + workers)]
         addresses = [f"{subnet}.{FIRST_NODE_HOST + i}" for i in range(len(netns))]
         for i, (ns, address) in enumerate(zip(netns, addresses, strict=True)):
@@ -284,6 +282,23 @@ def start_multinode(managers: int = 3, workers: int = 0, *, boot_timeout: float 
         if isinstance(e, BedUnavailable | TimeoutError | RuntimeError):
             raise BedUnavailable(f"the multi-node bed did not boot: {e}") from e
         raise
+
+
+def _claim_subnet(bridge: str, undo: list[Undo]) -> str:
+    """Make the bridge on a /24 no other interface has. Two runs booting at the same moment may pick the
+    same one: each checks after taking it, and the loser tries another."""
+    for _ in range(5):
+        subnet = _free_subnet()
+        _make_bridge(bridge, f"{subnet}.{BRIDGE_HOST}", undo)
+        others = [
+            line for line in _run("ip", "-4", "-o", "addr", "show").splitlines()
+            if f" {subnet}." in line and f" {bridge} " not in line
+        ]  # fmt: skip
+        if not others:
+            return subnet
+        undo_all(undo)
+        undo.clear()
+    raise BedUnavailable(f"no free {NET_PREFIX}.N.0/24 after 5 tries")
 
 
 def _make_bridge(bridge: str, address: str, undo: list[Undo]) -> None:
