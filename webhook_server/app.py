@@ -67,7 +67,7 @@ def create_app(
         # The only place a real Swarm is built for the server: docker-py loads here, not on import.
         from webhook_server.swarm import SwarmServices
 
-        swarm = SwarmServices()
+        swarm = SwarmServices(timeout=settings.docker_timeout.total_seconds())
     rules = rules or RulesSource(settings.rules_path, fallback=fallback)
     journal = journal or open_journal(settings.db_path)
     executor = Executor.from_settings(settings, journal=journal, swarm=swarm, rules=rules)

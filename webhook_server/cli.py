@@ -62,11 +62,11 @@ def _journal(settings: Settings) -> Journal:
     return journal
 
 
-def _swarm() -> Swarm:
+def _swarm(settings: Settings) -> Swarm:
     # The only place the CLI builds a real Swarm: docker-py loads for the commands that talk to Docker.
     from webhook_server.swarm import SwarmServices
 
-    return SwarmServices()
+    return SwarmServices(timeout=settings.docker_timeout.total_seconds())
 
 
 # ---- serve -----------------------------------------------------------------------------------
@@ -123,7 +123,7 @@ def deploy(service: str, tag: str, wait: bool, dry_run: bool) -> None:
     """Deploy TAG to SERVICE with the same checks and rollout as a push."""
     settings = _settings()
     rules = load_rules(settings.rules_path)
-    swarm = _swarm()
+    swarm = _swarm(settings)
     if dry_run:
         result = try_deploy(swarm=swarm, rules=rules, service=service, tag=tag)
         click.echo(f"{service} runs {result.running}")
@@ -177,7 +177,7 @@ def rollback(service: str, to: int | None, wait: bool) -> None:
     """Roll SERVICE back to an earlier succeeded deployment from the journal."""
     settings = _settings()
     rules = load_rules(settings.rules_path)
-    swarm = _swarm()
+    swarm = _swarm(settings)
     journal = _journal(settings)
     done = request_rollback(journal=journal, swarm=swarm, rules=rules, service=service, to=to)
     target = done.target

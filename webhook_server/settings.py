@@ -57,6 +57,8 @@ class Settings(BaseModel):
     docker_retry_limit: Duration = timedelta(minutes=10)
     # Retries back off exponentially from 1 s up to this delay.
     docker_retry_max_delay: Duration = timedelta(seconds=30)
+    # How long one Docker API call may go unanswered; an update past it is followed, not assumed lost.
+    docker_timeout: Duration = timedelta(seconds=30)
     # Proxies whose X-Forwarded-* headers are believed; from anyone else they are ignored.
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
@@ -109,6 +111,7 @@ _ENV = {
     "log_level": "WEBHOOK_LOG_LEVEL",
     "docker_retry_limit": "WEBHOOK_DOCKER_RETRY_LIMIT",
     "docker_retry_max_delay": "WEBHOOK_DOCKER_RETRY_MAX_DELAY",
+    "docker_timeout": "WEBHOOK_DOCKER_TIMEOUT",
     "trusted_proxies": "WEBHOOK_TRUSTED_PROXIES",
     "max_body_bytes": "WEBHOOK_MAX_BODY_BYTES",
 }

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.bed import SwarmBed, running_bed, wait_for
+from tests.docker_proxy import docker_proxy
 from tests.e2e.conftest import ServerFactory
 from tests.e2e.test_rollout import assert_all_tasks_run, rules_for, spec_image
 from tests.server import Server, documented_payload, start_server
@@ -326,3 +327,39 @@ def test_losing_docker_mid_rollout_gives_up_within_the_retry_limit_and_frees_the
     second = server.wait_done(server.hook(documented_payload(repo, "1.2.0")).json()["deployments"][0]["id"])
     assert second["state"] == "succeeded", second
     assert spec_image(bed, unique) == f"{after}@{bed.registry_digest(after)}"
+
+
+@pytest.mark.parametrize("lost", ["answer", "request"])
+def test_an_update_whose_answer_is_lost_on_the_wire_is_followed_to_swarms_outcome(
+    bed: SwarmBed, unique: str, make_server: ServerFactory, lost: str
+):
+    """Docker's answer to the update never arrives (read timeout). If the update reached Swarm, the
+    deployment follows it to Swarm's real outcome (here a rollback), never "skipped"; if it did not, it is
+    sent again."""
+    repo = f"acme/{unique}"
+    good = bed.make_image(repo, "1.0.0")
+    bed.make_image(repo, "1.0.1", kind="crash")
+    fine = bed.make_image(repo, "1.0.2")
+    good_ref = f"{good}@{bed.registry_digest(good)}"
+    bed.create_service(unique, good_ref, replicas=1)
+    with docker_proxy(bed.docker_host.removeprefix("unix://")) as proxy:
+        server = make_server(
+            rules_for(bed, repo, unique),
+            docker_host=proxy.docker_host,
+            env={"WEBHOOK_DOCKER_TIMEOUT": "2s", "WEBHOOK_DOCKER_RETRY_MAX_DELAY": "1s"},
+        )
+        if lost == "answer":
+            proxy.lose_answers = 1
+            dep = server.wait_done(server.hook(documented_payload(repo, "1.0.1")).json()["deployments"][0]["id"])
+            assert dep["state"] == "rolled_back", dep
+            assert "non-zero exit (3)" in dep["message"]
+            assert proxy.updates_seen == 1, "followed, not sent again"
+            assert spec_image(bed, unique) == good_ref
+        else:
+            proxy.drop_requests = 1
+            dep = server.wait_done(server.hook(documented_payload(repo, "1.0.2")).json()["deployments"][0]["id"])
+            assert dep["state"] == "succeeded", dep
+            assert proxy.updates_seen == 2, "sent again once the first never reached Swarm"
+            assert spec_image(bed, unique) == f"{fine}@{bed.registry_digest(fine)}"
+        notes = [t["message"] or "" for t in dep["transitions"]]
+        assert any("did not answer in time; finding out whether the update reached Swarm" in n for n in notes), notes
