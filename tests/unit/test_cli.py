@@ -264,7 +264,7 @@ def test_history_shows_trigger_duration_and_zone_within_120_columns() -> None:
 def fake_swarm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeSwarm:
     swarm = FakeSwarm()
     swarm.add_service("a3_api", "acme/simple-api:1.2.3@sha256:" + "1" * 64)
-    monkeypatch.setattr(cli, "_swarm", lambda: swarm)
+    monkeypatch.setattr(cli, "_swarm", lambda settings: swarm)
     for name in [n for n in os.environ if n.startswith(("WEBHOOK_", "DOCKER_"))]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("WEBHOOK_RULES", RULES)
@@ -287,10 +287,6 @@ def test_dry_run_exits_0_when_it_would_update(fake_swarm: FakeSwarm) -> None:
     assert fake_swarm.updates() == []
 
 
-@pytest.mark.xfail(
-    reason="swarm/client.py's translated() does not yet turn paramiko's connection errors into DockerUnavailable",
-    strict=False,
-)
 def test_an_unreachable_ssh_docker_host_is_one_line_naming_it(tmp_path: Path) -> None:
     host = "ssh://nobody@127.0.0.1:1"
     env = {"DOCKER_HOST": host, "WEBHOOK_RULES": RULES, "WEBHOOK_DB": str(tmp_path / "j.sqlite3")}

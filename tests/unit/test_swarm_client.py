@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import docker.errors
+import paramiko
 import pytest
 import requests
 
@@ -41,6 +42,21 @@ CASES: list[tuple[str, BaseException, bool, type[DockerError], str]] = [
     ("refused", requests.exceptions.ConnectionError("refused"), False, DockerUnavailable, "is unreachable"),
     ("read-timeout-read", requests.exceptions.ReadTimeout("slow"), False, DockerUnavailable, "did not answer in time"),
     ("read-timeout-sent", requests.exceptions.ReadTimeout("slow"), True, UpdateUncertain, "did not answer in time"),
+    (
+        "ssh-no-connection",
+        paramiko.ssh_exception.NoValidConnectionsError({("127.0.0.1", 22): ConnectionRefusedError(111, "refused")}),
+        False,
+        DockerUnavailable,
+        "is unreachable over SSH: NoValidConnectionsError",
+    ),
+    ("ssh-banner", paramiko.SSHException("Error reading SSH protocol banner"), False, DockerUnavailable, "over SSH"),
+    (
+        "ssh-auth",
+        paramiko.AuthenticationException("Authentication failed."),
+        False,
+        DockerError,
+        "refused the SSH connection: AuthenticationException: Authentication failed.",
+    ),
 ]
 
 

@@ -24,6 +24,18 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     FileNotFoundError,
 )
+# DOCKER_HOST=ssh:// goes through paramiko (the docker[ssh] extra), which connects when the client is made
+# and raises its own errors. Refused credentials or host keys are mistakes to report at once; anything else
+# from the SSH layer (no route, a dropped session, a banner that never came) is an outage to retry.
+SSH_REFUSALS: tuple[type[BaseException], ...] = ()
+SSH_ERRORS: tuple[type[BaseException], ...] = ()
+try:
+    import paramiko
+except ImportError:  # pragma: no cover - the extra is declared, but a bare docker install may lack it
+    pass
+else:
+    SSH_REFUSALS = (paramiko.AuthenticationException, paramiko.BadHostKeyException)
+    SSH_ERRORS = (paramiko.SSHException, paramiko.ssh_exception.NoValidConnectionsError)
 
 
 def host_of(docker_host: str | None) -> str:
@@ -79,6 +91,10 @@ def translated(action: str, *, host: str | None = None, sent: bool = False) -> I
         raise DockerError(f"{action}: {e} (Docker at {host})") from e
     except CONNECTION_ERRORS as e:
         raise DockerUnavailable(f"{action}: Docker at {host} is unreachable: {_root(e)}") from e
+    except SSH_REFUSALS as e:
+        raise DockerError(f"{action}: Docker at {host} refused the SSH connection: {_root(e)}") from e
+    except SSH_ERRORS as e:
+        raise DockerUnavailable(f"{action}: Docker at {host} is unreachable over SSH: {_root(e)}") from e
 
 
 def _root(e: BaseException) -> str:
