@@ -120,8 +120,12 @@ class Executor:
         poll_interval: float = 0.5,
         watch_interval: float = 0.5,
         unschedulable_grace: timedelta = UNSCHEDULABLE_GRACE,
+        rules_loaded: Callable[[], bool] = lambda: True,
     ) -> None:
         self._journal = journal
+        # False while the server runs on no rules (a broken file and nothing to fall back on): queued work
+        # then waits for the file to be fixed instead of failing as "no rule for service".
+        self._rules_loaded = rules_loaded
         self._swarm = swarm
         self._rules = rules
         self._retry_limit = retry_limit
@@ -142,6 +146,7 @@ class Executor:
             journal=journal,
             swarm=swarm,
             rules=rules.current,
+            rules_loaded=lambda: rules.loaded,
             retry_limit=settings.docker_retry_limit,
             max_backoff=settings.docker_retry_max_delay,
         )
@@ -189,6 +194,9 @@ class Executor:
 
     def _drain(self, service: str) -> None:
         try:
+            self._rules()  # re-reads a changed file, so a fix made while work waits counts at once
+            if not self._rules_loaded():
+                return
             for orphan in self._journal.running(ready_only=True):
                 if orphan.service == service and not self._stop.is_set():
                     self._resume(orphan)

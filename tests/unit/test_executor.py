@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta
@@ -16,17 +17,16 @@ from webhook_server.executor import Executor, backoff, classify
 from webhook_server.journal import Journal, PushRecord
 from webhook_server.matching import Coalesced, DeployPlan
 from webhook_server.rollback import plan_rollback
-from webhook_server.rules import RuleSet, parse_rules
+from webhook_server.rules import RuleSet, RulesSource, parse_rules
 
 IMAGE = "reg:5000/acme/api"
-RULES = parse_rules(
-    f"""
+RULES_TEXT = f"""
 defaults: {{update: {{monitor: 1s}}, timeout: 5s}}
 services:
   api: {{repository: acme/api, image: {IMAGE}, tags: semver, policy: minor}}
   web: {{repository: acme/web, image: reg:5000/acme/web, tags: latest}}
 """
-)
+RULES = parse_rules(RULES_TEXT)
 
 
 @pytest.fixture
@@ -476,3 +476,27 @@ def test_rollback_message_carries_the_failed_health_check(journal: Journal, swar
     assert message.endswith(
         "(rollback_completed: rollback completed); task on vm: health check failed: exit 1: curl: (7) Failed to connect"
     ), message
+
+
+def test_work_waits_while_no_rules_are_loaded_and_runs_once_the_file_is_fixed(
+    journal: Journal, swarm: FakeSwarm, tmp_path: Path
+) -> None:
+    path = tmp_path / "deploy_rules.yaml"
+    path.write_text("services: [not, a, mapping]\n")
+    source = RulesSource(path)
+    assert not source.loaded
+    digest = swarm.push(IMAGE, "1.1.0")
+    [dep_id] = enqueue(journal, "api", "1.1.0")
+    executor = Executor(
+        journal=journal, swarm=swarm, rules=source.current, rules_loaded=lambda: source.loaded, watch_interval=0
+    )
+
+    executor.drain("api")
+    assert journal.get(dep_id).state == "queued"
+    assert swarm.updates() == []
+
+    path.write_text(RULES_TEXT)
+    os.utime(path, ns=(0, 10**9))  # a new mtime even on a coarse clock
+    executor.drain("api")
+    assert journal.get(dep_id).state == "succeeded"
+    assert journal.get(dep_id).image_ref == f"{IMAGE}:1.1.0@{digest}"
