@@ -94,6 +94,8 @@ def test_sigterm_during_a_watch_leaves_the_rollout_for_the_next_server_to_follow
     assert "stopping the executor" in log and "executor stopped" in log
     journal = Journal(server.env["WEBHOOK_DB"])
     assert journal.get(dep_id).state == "running"  # left for the next executor, not failed or forgotten
+    notes = [t.message or "" for t in journal.transitions(dep_id)]
+    assert "executor stopping; the next executor follows this rollout" in notes, notes
     revived = start_server(server.root, env=server.env)
     try:
         done = revived.wait_done(dep_id, timeout=120)
