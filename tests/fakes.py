@@ -37,6 +37,7 @@ class FakeSwarm:
     stuck: set[str] = field(default_factory=set)  # image refs whose update stays "updating"
     manager: bool = True
     task_list: dict[str, list[TaskState]] = field(default_factory=dict)
+    node_count: int = 1
     health_failures: dict[str, str] = field(default_factory=dict)  # container id -> last failed check
     calls: list[tuple[str, ...]] = field(default_factory=list)
     _pending: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
@@ -75,6 +76,11 @@ class FakeSwarm:
         self.calls.append(("service_names",))
         self._check_up()
         return set(self.services)
+
+    def schedulable_nodes(self) -> int:
+        self.calls.append(("schedulable_nodes",))
+        self._check_up()
+        return self.node_count
 
     def tasks(self, service: str) -> list[TaskState]:
         self.calls.append(("tasks", service))

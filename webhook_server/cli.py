@@ -131,6 +131,8 @@ def deploy(service: str, tag: str, wait: bool, dry_run: bool) -> None:
             click.echo(f"would skip: {result.skip}")
             sys.exit(1)
         click.echo(f"would update to {result.target}")
+        for warning in result.warnings:
+            click.echo(f"warning: {warning}")
         return
     journal = _journal(settings)
     dep = request_deploy(journal=journal, rules=rules, service=service, tag=tag)
@@ -159,6 +161,8 @@ def _run_or_wait(
 
 def _report(dep: Deployment) -> None:
     click.echo(f"deployment {dep.id}: {dep.state}" + (f": {dep.message}" if dep.message else ""))
+    if dep.nodes:
+        click.echo(f"tasks ran on: {', '.join(dep.nodes)}")
     if dep.state in ("failed", "rolled_back"):
         sys.exit(1)
 

@@ -27,6 +27,38 @@ class TaskState:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """How Swarm may place a service's tasks, as far as it decides whether a start-first update can start."""
+
+    global_mode: bool = False
+    replicas: int = 1
+    max_per_node: int = 0  # 0: no limit
+    host_ports: bool = False  # published in host mode: one task per node can bind them
+
+
+def start_first_blocked(placement: Placement, *, nodes: int) -> str | None:
+    """Why a start-first update of a service placed like this would stay pending for ever, or None.
+
+    Start-first needs room for one more task beside the old ones. ``nodes`` is how many nodes can take tasks
+    at all (ready, active); constraints can only make it fewer, so a warning here is certain.
+    """
+    if placement.host_ports and (placement.global_mode or placement.replicas >= nodes):
+        return (
+            "order start-first cannot start a new task beside the old one on a node: the service publishes "
+            "ports in host mode; use order: stop-first"
+        )
+    if placement.global_mode or not placement.max_per_node:
+        return None
+    if placement.replicas >= placement.max_per_node * nodes:
+        return (
+            f"order start-first has no room for a new task: {placement.replicas} replicas with "
+            f"max_replicas_per_node {placement.max_per_node} fill all {nodes} node(s) that take tasks; "
+            "use order: stop-first, or add a node"
+        )
+    return None
+
+
+@dataclass(frozen=True)
 class ServiceState:
     """What Swarm says about a service, reduced to what rollouts need."""
 
@@ -37,6 +69,7 @@ class ServiceState:
     update_state: str | None = None
     update_message: str | None = None
     update_started_at: str | None = None
+    placement: Placement = field(default_factory=Placement)
 
     @property
     def digest(self) -> str | None:
@@ -65,6 +98,7 @@ class Swarm(Protocol):
 
     def ping(self) -> None: ...
     def node(self) -> NodeStatus: ...
+    def schedulable_nodes(self) -> int: ...
     def service_names(self) -> set[str]: ...
     def inspect(self, service: str) -> ServiceState: ...
     def tasks(self, service: str) -> list[TaskState]: ...

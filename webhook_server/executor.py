@@ -376,6 +376,16 @@ class Executor:
         except DockerError:
             return []
 
+    def _nodes_of(self, dep: Deployment) -> str:
+        """The nodes that ran a task of this deployment's image, for the record ("" when none or unknown)."""
+        if dep.image_ref is None:
+            return ""
+        try:
+            tasks = self._swarm.tasks(dep.service)
+        except DockerError:
+            return ""
+        return ",".join(sorted({t.node for t in tasks if t.image == dep.image_ref and t.node}))
+
     def _rollback_message(self, dep: Deployment, state: ServiceState) -> str:
         # Swarm's reason is in the rollback_started message; rollback_completed only says "rollback completed".
         causes = [
@@ -440,7 +450,8 @@ class Executor:
         self._journal.retry_later(dep.id, delay=delay, reason=reason, state="running")
 
     def _finish(self, dep: Deployment, state: Final, message: str) -> None:
-        self._journal.update(dep.id, state=state, message=message)
+        nodes = self._nodes_of(dep) if state != "skipped" else ""
+        self._journal.update(dep.id, state=state, message=message, **({"nodes": nodes} if nodes else {}))
         level = logging.INFO if state in ("succeeded", "skipped") else logging.WARNING
         log.log(level, "deployment %s of %s:%s to %s: %s (%s)", dep.id, dep.image, dep.tag, dep.service, state, message)
 

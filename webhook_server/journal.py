@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from webhook_server.errors import ConfigError, DeploymentNotFound
 from webhook_server.matching import Candidate, Coalesced, DeployPlan
@@ -96,6 +96,8 @@ CREATE TABLE IF NOT EXISTS notifications (
 );
 CREATE INDEX IF NOT EXISTS notifications_by_deployment ON notifications(deployment_id);
 """,
+    # The nodes that ran the deployment's tasks (hostnames, comma-separated), recorded when it ends.
+    "ALTER TABLE deployments ADD COLUMN nodes TEXT;",
 )
 
 
@@ -148,10 +150,18 @@ class Deployment(BaseModel):
     not_before: str | None
     update_marker: str | None
     first_failed_at: str | None = None
+    nodes: tuple[str, ...] = ()
     created_at: str
     updated_at: str
     started_at: str | None
     finished_at: str | None
+
+    @field_validator("nodes", mode="before")
+    @classmethod
+    def _split_nodes(cls, value: object) -> object:
+        if value is None:
+            return ()
+        return tuple(n for n in value.split(",") if n) if isinstance(value, str) else value
 
     @property
     def done(self) -> bool:
@@ -469,6 +479,7 @@ class Journal:
             "not_before",
             "update_marker",
             "first_failed_at",
+            "nodes",
         }
         unknown = set(fields) - allowed
         if unknown:

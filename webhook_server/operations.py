@@ -11,7 +11,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from webhook_server.cluster import Swarm
+from webhook_server.cluster import Swarm, start_first_blocked
 from webhook_server.errors import ConfigError, RuleNotFound
 from webhook_server.journal import Deployment, Journal, PushRecord
 from webhook_server.matching import plan_manual, policy_refusal_for
@@ -86,6 +86,7 @@ class DryRun:
     running: str  # the image the service runs now
     target: str | None  # image:tag@digest it would move to, when it would update
     skip: str | None  # why it would not, otherwise
+    warnings: tuple[str, ...] = ()  # what would go wrong in Swarm although the deployment would start
 
 
 def dry_run(*, swarm: Swarm, rules: RuleSet, service: str, tag: str) -> DryRun:
@@ -101,7 +102,12 @@ def dry_run(*, swarm: Swarm, rules: RuleSet, service: str, tag: str) -> DryRun:
     target = f"{plan.image}:{plan.tag}@{swarm.resolve_digest(plan.image, plan.tag)}"
     if state.runs(target):
         return DryRun(running=state.image, target=None, skip=f"already runs {target.partition('@')[2]}")
-    return DryRun(running=state.image, target=target, skip=None)
+    blocked = (
+        start_first_blocked(state.placement, nodes=swarm.schedulable_nodes())
+        if rule.update.order == "start-first"
+        else None
+    )
+    return DryRun(running=state.image, target=target, skip=None, warnings=(blocked,) if blocked else ())
 
 
 def wait_seconds(rules: RuleSet, service: str, *, margin: float) -> float:

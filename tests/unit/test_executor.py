@@ -73,6 +73,23 @@ def test_success_pins_the_digest_and_records_every_transition(journal: Journal, 
     assert any("swarm: updating" in (t.message or "") for t in journal.transitions(dep_id))
 
 
+def test_the_nodes_that_ran_the_new_image_are_recorded(journal: Journal, swarm: FakeSwarm) -> None:
+    digest = swarm.push(IMAGE, "1.1.0")
+    new = f"{IMAGE}:1.1.0@{digest}"
+    swarm.task_list["api"] = [
+        TaskState(node="node-b", image=new, state="running", desired_state="running"),
+        TaskState(node="node-a", image=new, state="running", desired_state="running"),
+        TaskState(node="node-c", image=f"{IMAGE}:1.0.0@sha256:{'0' * 64}", state="shutdown", desired_state="shutdown"),
+    ]
+    [dep_id] = enqueue(journal, "api", "1.1.0")
+
+    make_executor(journal, swarm).drain("api")
+
+    dep = journal.get(dep_id)
+    assert dep.state == "succeeded"
+    assert dep.nodes == ("node-a", "node-b")
+
+
 def test_rollback_is_reported_with_swarms_reason(journal: Journal, swarm: FakeSwarm) -> None:
     digest = swarm.push(IMAGE, "1.1.0")
     swarm.crashing.add(f"{IMAGE}:1.1.0@{digest}")

@@ -13,7 +13,7 @@ import docker
 import docker.errors
 from docker.types import UpdateConfig
 
-from webhook_server.cluster import NodeStatus, ServiceState, TaskState
+from webhook_server.cluster import NodeStatus, Placement, ServiceState, TaskState
 from webhook_server.errors import DockerError, DockerUnavailable, ImageNotFound, ServiceNotFound, UpdateOutOfSequence
 from webhook_server.rules import UpdateSettings
 from webhook_server.swarm.client import connect, host_of, translated
@@ -96,6 +96,16 @@ class SwarmServices:
             is_manager=is_manager,
             swarm_state=state,
             problems=tuple(problems),
+        )
+
+    def schedulable_nodes(self) -> int:
+        """How many nodes can take new tasks now (ready and active)."""
+        with self._talking("list swarm nodes"):
+            nodes = self._docker().api.nodes()
+        return sum(
+            1
+            for n in nodes
+            if (n.get("Status") or {}).get("State") == "ready" and (n.get("Spec") or {}).get("Availability") == "active"
         )
 
     def service_names(self) -> set[str]:
@@ -191,4 +201,16 @@ def _state(model: docker.models.services.Service) -> ServiceState:
         update_state=status.get("State"),
         update_message=status.get("Message"),
         update_started_at=status.get("StartedAt"),
+        placement=_placement(attrs["Spec"]),
+    )
+
+
+def _placement(spec: dict[str, Any]) -> Placement:
+    mode = spec.get("Mode") or {}
+    ports = (spec.get("EndpointSpec") or {}).get("Ports") or []
+    return Placement(
+        global_mode="Global" in mode,
+        replicas=int((mode.get("Replicated") or {}).get("Replicas", 1)),
+        max_per_node=int(((spec.get("TaskTemplate") or {}).get("Placement") or {}).get("MaxReplicas") or 0),
+        host_ports=any(p.get("PublishMode") == "host" for p in ports),
     )

@@ -4,6 +4,8 @@ asking that node's own dockerd what it runs."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -34,6 +36,7 @@ def test_one_task_per_node_all_run_the_pushed_digest(mbed: MultiNodeBed, unique:
     assert dep["state"] == "succeeded", dep
     assert dep["image_ref"] == pinned(mbed, new)
     wait_runs_on(mbed, unique, dep["image_ref"], mbed.nodes)
+    assert dep["nodes"] == sorted(n.name for n in mbed.nodes), "the deployment records where its tasks ran"
 
 
 def test_global_service_is_updated_on_every_node_and_rolled_back(
@@ -133,6 +136,20 @@ def test_a_rollout_swarm_cannot_place_fails_at_once_with_swarms_reason(
         rules(unique, repo, f"{mbed.registry}/{repo}", order="start-first", timeout="5m"),
         docker_host=mbed.docker_host,
     )
+
+    # The dry run sees it coming: Swarm's placement and the node count leave no room for a start-first task.
+    dry = subprocess.run(
+        [sys.executable, "-m", "webhook_server", "deploy", unique, "1.1.0", "--dry-run"],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert (
+        "warning: order start-first has no room for a new task: 3 replicas with max_replicas_per_node 1 "
+        "fill all 3 node(s) that take tasks"
+    ) in dry.stdout, dry.stdout
 
     started = time.monotonic()
     dep = deploy(server, repo, "1.1.0")
