@@ -12,11 +12,12 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from webhook_server import views
+from webhook_server import metrics, views
 from webhook_server.cluster import Swarm
 from webhook_server.context import EXTENSION, SERVICE_CHECK_SECONDS, Cached, Services
 from webhook_server.executor import Executor, ExecutorLock, lock_path, run_when_elected
 from webhook_server.journal import Journal
+from webhook_server.notify import Notifier
 from webhook_server.operations import open_journal
 from webhook_server.rules import RuleSet, RulesSource
 from webhook_server.settings import Settings
@@ -55,6 +56,7 @@ def create_app(
     fallback: RuleSet | None = None,
     journal: Journal | None = None,
     swarm: Swarm | None = None,
+    notifier: Notifier | None = None,
     run_executor: bool = False,
 ) -> Flask:
     """Build the app. With ``run_executor`` this process competes for the executor lock and, when it
@@ -67,10 +69,19 @@ def create_app(
         # The only place a real Swarm is built for the server: docker-py loads here, not on import.
         from webhook_server.swarm import SwarmServices
 
-        swarm = SwarmServices(timeout=settings.docker_timeout.total_seconds())
+        swarm = SwarmServices(
+            timeout=settings.docker_timeout.total_seconds(), on_error=lambda e: metrics.docker_error(e.code)
+        )
     rules = rules or RulesSource(settings.rules_path, fallback=fallback)
     journal = journal or open_journal(settings.db_path)
     executor = Executor.from_settings(settings, journal=journal, swarm=swarm, rules=rules)
+    # Outcomes are recorded by the executor, so the process that may run it is the one that tells people.
+    if notifier is None and run_executor:
+        notifier = Notifier.from_settings(settings, journal=journal, rules=rules.current)
+    if notifier is not None:
+        notifier.subscribe()
+        notifier.start()
+    metrics.subscribe(journal)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -81,6 +92,7 @@ def create_app(
         journal=journal,
         swarm=swarm,
         executor=executor,
+        notifier=notifier,
         service_names=Cached(swarm.service_names, seconds=SERVICE_CHECK_SECONDS),
     )
     app.extensions[EXTENSION] = ctx

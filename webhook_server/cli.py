@@ -82,7 +82,7 @@ def _swarm(settings: Settings) -> Swarm:
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256))
 def serve(bind: str, workers: int, threads: int) -> None:
     """Serve the webhook and API with gunicorn."""
-    from webhook_server import server
+    from webhook_server import notify, server
 
     settings = _settings()
     missing = [
@@ -95,6 +95,7 @@ def serve(bind: str, workers: int, threads: int) -> None:
     address = server.parse_bind(bind)
     # Everything a worker needs is checked here, once, so a mistake is one line and not a traceback per worker.
     rules = load_rules(settings.rules_path)
+    notify.check_urls(settings.notify_url_values(), source="WEBHOOK_NOTIFY_URLS")
     open_journal(settings.db_path)
     server.check_free(address)
     server.run_gunicorn(settings, rules=rules, bind=address, workers=workers, threads=threads)
@@ -146,14 +147,21 @@ def _run_or_wait(
     """Run the rollout here when no server holds the executor lock; else let the server do it."""
     lock = ExecutorLock(lock_path(journal))
     if lock.try_acquire():
+        from webhook_server.notify import Notifier  # apprise loads only for commands that roll out
+
+        source = RulesSource(settings.rules_path, fallback=rules)
+        # The CLI is the executor now, so it tells people of the outcomes as the server would.
+        notifier = Notifier.from_settings(settings, journal=journal, rules=source.current)
+        notifier.subscribe()
+        notifier.start()
         try:
-            source = RulesSource(settings.rules_path, fallback=rules)
             executor = Executor.from_settings(settings, journal=journal, swarm=swarm, rules=source)
             while not journal.get(dep.id).done:
                 executor.drain(dep.service)
                 time.sleep(0.5)
         finally:
             lock.release()
+            notifier.stop(timeout=settings.notify_timeout.total_seconds())
     elif wait:
         return journal.wait_done(dep.id, interval=0.5)
     return journal.get(dep.id)

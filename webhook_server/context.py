@@ -17,6 +17,7 @@ from flask import Flask, current_app
 from webhook_server.cluster import Swarm
 from webhook_server.executor import Executor
 from webhook_server.journal import Journal
+from webhook_server.notify import Notifier
 from webhook_server.rules import RulesSource
 from webhook_server.settings import Settings
 
@@ -25,6 +26,8 @@ EXTENSION = "webhook_server"
 # Long enough that a burst of /readyz probes costs one Docker call; short enough that a service created or
 # removed shows up in the next probe or two.
 SERVICE_CHECK_SECONDS = 10.0
+# gunicorn's graceful timeout bounds the whole shutdown; notifications get this much of it.
+NOTIFY_ON_SHUTDOWN_SECONDS = 2.0
 
 T = TypeVar("T")
 
@@ -57,6 +60,7 @@ class Services:
     swarm: Swarm
     executor: Executor
     service_names: Cached[set[str]]
+    notifier: Notifier | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     executor_thread: threading.Thread | None = None
 
@@ -70,6 +74,9 @@ class Services:
             thread.join(timeout)
             if thread.is_alive():
                 log.warning("the executor did not stop within %gs", timeout)
+        if self.notifier is not None:
+            # What the executor's last outcomes queued gets a short chance to go out; the rest is recorded.
+            self.notifier.stop(timeout=NOTIFY_ON_SHUTDOWN_SECONDS)
 
 
 def services_of(app: Flask) -> Services:

@@ -31,6 +31,7 @@ from webhook_server.errors import ConfigError
 from webhook_server.journal import Deployment, Journal
 from webhook_server.refs import ImageRef
 from webhook_server.rules import DEFAULT_NOTIFY_ON, RuleSet
+from webhook_server.settings import Settings, parse_url_list
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +333,16 @@ class Notifier:
         self._deadline: float | None = None
         self._thread: threading.Thread | None = None
 
+    @classmethod
+    def from_settings(cls, settings: Settings, *, journal: Journal, rules: Callable[[], RuleSet]) -> Notifier:
+        return cls(
+            journal,
+            urls=settings.notify_url_values(),
+            rules=rules,
+            queue_size=settings.notify_queue,
+            attempt_timeout=settings.notify_timeout.total_seconds(),
+        )
+
     def __repr__(self) -> str:
         return f"Notifier({len(self._urls)} global target(s))"
 
@@ -499,9 +510,3 @@ class Notifier:
             self._journal.record_notification(dep.id, target=target, outcome=outcome, detail=detail)
         except Exception:
             log.exception("deployment %s: cannot record the notification to %s", dep.id, target)
-
-
-def parse_url_list(text: str) -> list[str]:
-    """URLs as a setting or its file holds them: separated by white space or new lines (not commas, which
-    apprise URLs use for lists of recipients); a line starting with ``#`` is a comment."""
-    return [url for line in text.splitlines() if not line.lstrip().startswith("#") for url in line.split()]

@@ -16,7 +16,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 
-from webhook_server import logs
+from webhook_server import logs, metrics
 from webhook_server.app import create_app
 from webhook_server.context import services_of
 from webhook_server.errors import ConfigError
@@ -119,9 +119,13 @@ def run_gunicorn(settings: Settings, *, rules: RuleSet, bind: Bind, workers: int
         "logger_class": RedactingLogger,
         "graceful_timeout": GRACEFUL_TIMEOUT,
         "worker_exit": worker_exit,
+        "child_exit": lambda _server, worker: metrics.worker_exited(worker.pid),
+        "on_exit": lambda _server: metrics.remove_multiprocess_dir(),
         "timeout": 60,
         # gunicorn's debug level dumps its whole config; our own modules follow WEBHOOK_LOG_LEVEL.
         "loglevel": "info" if settings.log_level.upper() == "DEBUG" else settings.log_level.lower(),
     }
+    # Before any worker forks: every worker counts into one directory, and /metrics in any of them sums it.
+    metrics.setup_multiprocess()
     log.info("serving on %s with %d worker(s); journal %s", bind, workers, settings.db_path)
     _Application(settings, rules, options).run()

@@ -62,6 +62,14 @@ class Settings(BaseModel):
     # Proxies whose X-Forwarded-* headers are believed; from anyone else they are ignored.
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Where every service's outcomes are sent (apprise URLs); rules add their own with notify:.
+    notify_urls: tuple[SecretStr, ...] = ()
+    # Outcomes waiting to be sent; past this, new ones are dropped (and recorded) rather than block a rollout.
+    notify_queue: int = Field(default=100, gt=0)
+    # How long one notification attempt may take before it is given up and recorded failed.
+    notify_timeout: Duration = timedelta(seconds=30)
+    # Whether GET /metrics needs the API token (the rendered nginx config never exposes it either way).
+    metrics_token_required: bool = False
 
     @field_validator("webhook_token", "api_token")
     @classmethod
@@ -86,6 +94,11 @@ class Settings(BaseModel):
             )
         return self
 
+    @field_validator("notify_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        return tuple(parse_url_list(value)) if isinstance(value, str) else value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
@@ -100,7 +113,10 @@ class Settings(BaseModel):
 
     def secrets(self) -> list[str]:
         """Secret values, for the log filter that keeps them out of every log line."""
-        return [s.get_secret_value() for s in (self.webhook_token, self.api_token) if s is not None]
+        return [s.get_secret_value() for s in (self.webhook_token, self.api_token, *self.notify_urls) if s is not None]
+
+    def notify_url_values(self) -> list[str]:
+        return [url.get_secret_value() for url in self.notify_urls]
 
 
 _ENV = {
@@ -114,8 +130,18 @@ _ENV = {
     "docker_timeout": "WEBHOOK_DOCKER_TIMEOUT",
     "trusted_proxies": "WEBHOOK_TRUSTED_PROXIES",
     "max_body_bytes": "WEBHOOK_MAX_BODY_BYTES",
+    "notify_urls": "WEBHOOK_NOTIFY_URLS",
+    "notify_queue": "WEBHOOK_NOTIFY_QUEUE",
+    "notify_timeout": "WEBHOOK_NOTIFY_TIMEOUT",
+    "metrics_token_required": "WEBHOOK_METRICS_TOKEN_REQUIRED",
 }
-_SECRETS = {"webhook_token", "api_token"}
+_SECRETS = {"webhook_token", "api_token", "notify_urls"}
+
+
+def parse_url_list(text: str) -> list[str]:
+    """URLs as a setting or its file holds them: separated by white space or new lines (not commas, which
+    apprise URLs use for lists of recipients); a line starting with ``#`` is a comment."""
+    return [url for line in text.splitlines() if not line.lstrip().startswith("#") for url in line.split()]
 
 
 def _read_secret(env: Mapping[str, str], name: str) -> str | None:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
-from webhook_server import problems
+from webhook_server import metrics, problems
 from webhook_server.cluster import NodeStatus
 from webhook_server.context import services
 from webhook_server.dockerhub import parse_push
@@ -74,7 +74,9 @@ def _summary(dep: Deployment) -> dict[str, Any]:
 def _public(dep: Deployment, *, transitions: bool = False) -> dict[str, Any]:
     data = dep.model_dump(exclude={"pinned_ref", "not_before", "update_marker"})
     if transitions:
-        data["transitions"] = [t.model_dump() for t in services().journal.transitions(dep.id)]
+        journal = services().journal
+        data["transitions"] = [t.model_dump() for t in journal.transitions(dep.id)]
+        data["notifications"] = [n.model_dump() for n in journal.notifications(dep.id)]
     return data
 
 
@@ -131,6 +133,10 @@ def dockerhub(token: str) -> tuple[Response, int]:
 # ---- API (bearer token) ----------------------------------------------------------------------
 @api.before_request
 def _authenticate() -> None:
+    _require_api_token()
+
+
+def _require_api_token() -> None:
     expected = services().settings.api_token
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
@@ -251,6 +257,15 @@ def readyz() -> tuple[Response, int]:
     return jsonify(status="ready", **body), 200
 
 
+@health.get("/metrics")
+def prometheus_metrics() -> Response:
+    ctx = services()
+    if ctx.settings.metrics_token_required:
+        _require_api_token()
+    body, content_type = metrics.render(ctx.journal)
+    return Response(body, content_type=content_type)
+
+
 def _node(node: NodeStatus) -> dict[str, Any]:
     return {
         "docker_host": node.docker_host,
@@ -296,6 +311,8 @@ def register(app: Flask) -> None:
 
     @app.after_request
     def _access_log(response: Response) -> Response:
+        if request.blueprint == hooks.name:
+            metrics.webhook_received(_hook_result(response.status_code))
         # One line per request; a refused one says why, at WARNING so that operators see probes and typos.
         who = printable(request.remote_addr or "?")
         line = f'{who} "{printable(request.method)} {_path()}" {response.status_code}'
@@ -305,6 +322,11 @@ def register(app: Flask) -> None:
         else:
             log.info("%s", line)
         return response
+
+
+def _hook_result(status: int) -> metrics.WebhookResult:
+    # The hook answers 202 when it queued work and 200 when no rule wanted the push; anything else refused it.
+    return "accepted" if status == 202 else "ignored" if status == 200 else "rejected"
 
 
 def _path() -> str:

@@ -15,10 +15,14 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.bed import SwarmBed
+from tests.bed import SwarmBed, wait_for
+from tests.e2e.conftest import ServerFactory
+from tests.e2e.test_rollout import rules_for
 from tests.notify_sink import notify_sink
+from tests.server import Server, documented_payload
 from webhook_server import metrics
 from webhook_server.executor import Executor
 from webhook_server.journal import Deployment, Journal, Notification, PushRecord
@@ -201,3 +205,50 @@ def test_succeeded_rollouts_are_counted_and_notified_when_asked(
     assert second.finished_at is not None
     last = sample("webhook_server_last_success_timestamp_seconds", service=unique)
     assert last == datetime.fromisoformat(second.finished_at).timestamp()
+
+
+def scrape(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = requests.get(f"{server.url}/metrics", timeout=10)
+    assert response.status_code == 200, response.text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): float(s.value)
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+
+
+def test_through_the_server_a_rollback_is_notified_and_counted_across_workers(
+    bed: SwarmBed, unique: str, make_server: ServerFactory
+) -> None:
+    """The real server (gunicorn, two workers): the global notification URL from the environment, the outcome
+    in the API with its notification, and /metrics summing what every worker counted."""
+    repo = crashing_service(bed, unique)
+    with notify_sink() as sink:
+        server = make_server(
+            rules_for(bed, repo, unique),
+            docker_host=bed.docker_host,
+            env={"WEBHOOK_NOTIFY_URLS": f"# ops channel\n{sink.url(f'hooks/{SECRET}')}"},
+        )
+        assert server.hook(documented_payload("acme/nobody-wants-this", "1.0.0")).status_code == 200
+        dep = server.wait_done(server.hook(documented_payload(repo, "1.0.1")).json()["deployments"][0]["id"])
+        [got] = sink.wait(1)
+        shown = wait_for(
+            lambda: server.deployment(dep["id"]) if server.deployment(dep["id"])["notifications"] else None,
+            timeout=30,
+            interval=0.2,
+            what="the notification recorded",
+        )
+
+    assert dep["state"] == "rolled_back", dep
+    assert got.body["title"] == f"{unique}: rolled_back (1.0.1)"
+    assert CRASH_ERROR in got.body["message"]
+    [record] = shown["notifications"]
+    assert (record["outcome"], record["target"]) == ("sent", f"json://127.0.0.1:{sink.port}/…")
+    # Several scrapes land on different workers; each answer is the sum over both.
+    for _ in range(4):
+        found = scrape(server)
+        assert found[("webhook_server_webhooks_received_total", (("result", "accepted"),))] == 1
+        assert found[("webhook_server_webhooks_received_total", (("result", "ignored"),))] == 1
+        key = ("webhook_server_deployments_finished_total", (("service", unique), ("state", "rolled_back")))
+        assert found[key] == 1
+    assert SECRET not in server.log_text()

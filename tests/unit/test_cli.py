@@ -302,3 +302,15 @@ def test_deploy_says_which_journal_it_starts_and_calls_itself_manual(fake_swarm:
     assert result.stdout.splitlines()[-1].startswith("deployment 1: succeeded")
     [row] = cli.history_table(open_journal(tmp_path / "j.sqlite3").find(), now=datetime.now(UTC))[1:]
     assert row.split()[5:7] == ["manual", "succeeded"]
+
+
+def test_serve_refuses_a_notification_url_apprise_cannot_use_without_echoing_it(tmp_path: Path) -> None:
+    env = {
+        **TOKENS,
+        "WEBHOOK_RULES": RULES,
+        "WEBHOOK_DB": str(tmp_path / "j.sqlite3"),
+        "WEBHOOK_BIND": "127.0.0.1:1",
+        "WEBHOOK_NOTIFY_URLS": "json://127.0.0.1:8080/ok nosuchservice://SECRET-PART",
+    }
+    message = one_line_error(run("serve", env=env))
+    assert message == "WEBHOOK_NOTIFY_URLS: entry 2: nosuchservice:// is not a notification service apprise knows"

@@ -229,3 +229,28 @@ def test_unreadable_secret_file(tmp_path: Path, variable: str, make_path: object
     with pytest.raises(ConfigError) as exc:
         load_settings(env={f"{variable}_FILE": str(path)})
     assert exc.value.message == f"{variable}_FILE={path}: cannot read: {reason}"
+
+
+def test_notification_urls_from_a_file_are_secrets(tmp_path: Path) -> None:
+    urls = tmp_path / "notify-urls"
+    urls.write_text(
+        "# the team channel\njson://127.0.0.1:8080/hook-SECRET1\n  ntfy://TOKEN2@ntfy.example/deploys mailto://u:p@x?to=a@x,b@x\n"
+    )
+    settings = load_settings(env={"WEBHOOK_NOTIFY_URLS_FILE": str(urls), "WEBHOOK_NOTIFY_TIMEOUT": "5s"})
+
+    assert settings.notify_url_values() == [
+        "json://127.0.0.1:8080/hook-SECRET1",
+        "ntfy://TOKEN2@ntfy.example/deploys",
+        "mailto://u:p@x?to=a@x,b@x",
+    ]
+    assert set(settings.notify_url_values()) <= set(settings.secrets())
+    assert "SECRET1" not in repr(settings) and "TOKEN2" not in repr(settings)
+    assert settings.notify_timeout == timedelta(seconds=5)
+    assert settings.notify_queue == 100 and settings.metrics_token_required is False
+
+
+def test_bad_notification_settings_are_one_line_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match="WEBHOOK_NOTIFY_QUEUE"):
+        load_settings(env={"WEBHOOK_NOTIFY_QUEUE": "0"})
+    with pytest.raises(ConfigError, match="WEBHOOK_METRICS_TOKEN_REQUIRED"):
+        load_settings(env={"WEBHOOK_METRICS_TOKEN_REQUIRED": "perhaps"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import docker.errors
 import paramiko
@@ -10,6 +11,7 @@ import pytest
 import requests
 
 from webhook_server.errors import DockerError, DockerUnavailable, UpdateUncertain
+from webhook_server.swarm import SwarmServices
 from webhook_server.swarm.client import translated
 
 
@@ -73,3 +75,11 @@ def test_the_host_defaults_to_docker_host(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("DOCKER_HOST", "unix:///run/other.sock")
     with pytest.raises(DockerUnavailable, match=re.escape("unix:///run/other.sock")), translated("ping Docker"):
         raise ConnectionRefusedError(111, "Connection refused")
+
+
+def test_every_error_that_crosses_in_is_reported(tmp_path: Path) -> None:
+    seen: list[DockerError] = []
+    swarm = SwarmServices(f"unix://{tmp_path / 'no-docker.sock'}", on_error=seen.append)
+    with pytest.raises(DockerUnavailable):
+        swarm.ping()
+    assert [e.code for e in seen] == ["docker_unavailable"]

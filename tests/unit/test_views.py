@@ -454,3 +454,36 @@ def test_gunicorn_worker_exit_stops_the_executor(tmp_path: Path, swarm: FakeSwar
 
 def test_worker_exit_before_the_app_loaded_does_nothing() -> None:
     server.worker_exit(None, SimpleNamespace(wsgi=None))
+
+
+def _metric(client: FlaskClient, name: str, **labels: str) -> float:
+    from tests.unit.test_metrics import samples, value
+
+    response = client.get("/metrics")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.content_type.startswith("text/plain")
+    return value(samples(response.get_data()), name, **labels)
+
+
+def test_metrics_count_webhooks_by_result_and_show_the_queue(client: FlaskClient, swarm: FakeSwarm) -> None:
+    name = "webhook_server_webhooks_received_total"
+    before = {r: _metric(client, name, result=r) for r in ("accepted", "ignored", "rejected")}
+
+    assert client.post(HOOK, json=documented_payload("acme/web", "latest")).status_code == 202
+    assert client.post(HOOK, json=documented_payload("acme/nobody", "1.0.0")).status_code == 200
+    assert client.post(f"/hooks/dockerhub/{'x' * 40}", json={}).status_code == 404
+    assert client.post(HOOK, data="not json", content_type="application/json").status_code == 400
+
+    after = {r: _metric(client, name, result=r) for r in ("accepted", "ignored", "rejected")}
+    assert {r: after[r] - before[r] for r in after} == {"accepted": 1, "ignored": 1, "rejected": 2}
+    assert _metric(client, "webhook_server_queue_depth", service="web") == 1
+
+
+def test_metrics_need_the_api_token_only_when_the_setting_asks(
+    tmp_path: Path, swarm: FakeSwarm, rules_path: Path
+) -> None:
+    settings = settings_for(tmp_path, rules_path, WEBHOOK_METRICS_TOKEN_REQUIRED="true")
+    guarded = create_app(settings, swarm=swarm, rules=RulesSource(rules_path)).test_client()
+
+    assert guarded.get("/metrics").status_code == 401
+    assert guarded.get("/metrics", headers=BEARER).status_code == 200

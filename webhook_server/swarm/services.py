@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -39,9 +39,17 @@ def update_config(settings: UpdateSettings) -> UpdateConfig:
 class SwarmServices:
     """The adapter the executor talks to. Every method raises only the project's errors."""
 
-    def __init__(self, docker_host: str | None = None, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        docker_host: str | None = None,
+        *,
+        timeout: float = 30.0,
+        on_error: Callable[[DockerError], None] | None = None,
+    ) -> None:
         self._docker_host = docker_host
         self._timeout = timeout
+        # Told of every error that crosses in from Docker (the server counts them in its metrics).
+        self._on_error = on_error
         self._client: docker.DockerClient | None = None
         self._lock = threading.Lock()
 
@@ -63,9 +71,12 @@ class SwarmServices:
         try:
             with translated(action, host=self.host, sent=sent):
                 yield
-        except DockerUnavailable:
-            with self._lock:
-                self._client = None
+        except DockerError as e:
+            if isinstance(e, DockerUnavailable):
+                with self._lock:
+                    self._client = None
+            if self._on_error is not None:
+                self._on_error(e)
             raise
 
     def ping(self) -> None:
