@@ -14,7 +14,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webhook_server import metrics, views
 from webhook_server.cluster import Swarm
-from webhook_server.context import EXTENSION, SERVICE_CHECK_SECONDS, Cached, Services
+from webhook_server.context import EXTENSION, SERVICE_CHECK_SECONDS, TRUSTED_PROXY_KEY, Cached, Services
 from webhook_server.executor import Executor, ExecutorLock, lock_path, run_when_elected
 from webhook_server.journal import Journal
 from webhook_server.notify import Notifier
@@ -45,6 +45,7 @@ class TrustedProxyFix:
         except ValueError:
             return self._plain(environ, start_response)
         if any(peer in net for net in self._networks):
+            environ[TRUSTED_PROXY_KEY] = True
             return self._fixed(environ, start_response)
         return self._plain(environ, start_response)
 

@@ -49,7 +49,7 @@ def main() -> None:
 
 def _settings() -> Settings:
     settings = load_settings()
-    logs.configure(settings.log_level, settings.secrets())
+    logs.configure(settings.log_level, settings.secrets(), fmt=settings.log_format)
     return settings
 
 

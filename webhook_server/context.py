@@ -23,6 +23,8 @@ from webhook_server.settings import Settings
 
 log = logging.getLogger(__name__)
 EXTENSION = "webhook_server"
+# Set in the WSGI environ when the request came through a trusted proxy, whose headers are believed.
+TRUSTED_PROXY_KEY = "webhook_server.trusted_proxy"
 # Long enough that a burst of /readyz probes costs one Docker call; short enough that a service created or
 # removed shows up in the next probe or two.
 SERVICE_CHECK_SECONDS = 10.0

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
+from webhook_server import logs
 from webhook_server.cluster import ServiceState, Swarm, TaskState
 from webhook_server.durations import format_duration
 from webhook_server.errors import DockerError, DockerUnavailable, ServiceNotFound, UpdateOutOfSequence, UpdateUncertain
@@ -199,13 +200,15 @@ class Executor:
                 return
             for orphan in self._journal.running(ready_only=True):
                 if orphan.service == service and not self._stop.is_set():
-                    self._resume(orphan)
+                    with logs.context(request_id=orphan.request_id, deployment=orphan.id):
+                        self._resume(orphan)
             while not self._stop.is_set():
                 state = self._read(service)
                 claimed = self._journal.claim(service, self._decider(service, state))
                 if claimed is None:
                     return
-                self._execute(claimed, state)
+                with logs.context(request_id=claimed.request_id, deployment=claimed.id):
+                    self._execute(claimed, state)
         except Exception:
             log.exception("executor: unexpected error while deploying %s", service)
         finally:

@@ -98,6 +98,8 @@ CREATE INDEX IF NOT EXISTS notifications_by_deployment ON notifications(deployme
 """,
     # The nodes that ran the deployment's tasks (hostnames, comma-separated), recorded when it ends.
     "ALTER TABLE deployments ADD COLUMN nodes TEXT;",
+    # The id of the request that caused it, so logs follow a push from its accept to its outcome.
+    "ALTER TABLE pushes ADD COLUMN request_id TEXT; ALTER TABLE deployments ADD COLUMN request_id TEXT;",
 )
 
 
@@ -151,6 +153,7 @@ class Deployment(BaseModel):
     update_marker: str | None
     first_failed_at: str | None = None
     nodes: tuple[str, ...] = ()
+    request_id: str | None = None
     created_at: str
     updated_at: str
     started_at: str | None
@@ -178,6 +181,7 @@ class PushRecord:
     pusher: str | None = None
     client: str | None = None
     callback_url: str | None = None
+    request_id: str | None = None
 
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -263,7 +267,7 @@ class Journal:
             for plan in plans:
                 cur = conn.execute(
                     "INSERT INTO deployments (push_id, service, repository, image, tag, trigger, pinned_ref,"
-                    " state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                    " request_id, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
                     (
                         push_id,
                         plan.service,
@@ -272,6 +276,7 @@ class Journal:
                         plan.tag,
                         push.trigger,
                         pinned_ref,
+                        push.request_id,
                         now,
                         now,
                     ),
@@ -289,7 +294,7 @@ class Journal:
     def _insert_push(conn: sqlite3.Connection, push: PushRecord, *, outcome: str, reason: str | None, at: str) -> int:
         cur = conn.execute(
             "INSERT INTO pushes (received_at, trigger, repository, tag, pusher, client, callback_url, outcome,"
-            " reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " reason, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 at,
                 push.trigger,
@@ -300,6 +305,7 @@ class Journal:
                 push.callback_url,
                 outcome,
                 reason,
+                push.request_id,
             ),
         )
         assert cur.lastrowid is not None

@@ -26,6 +26,7 @@ from typing import Literal
 
 import apprise
 
+from webhook_server import logs
 from webhook_server.durations import format_duration
 from webhook_server.errors import ConfigError
 from webhook_server.journal import Deployment, Journal
@@ -422,19 +423,23 @@ class Notifier:
 
     def _run(self) -> None:
         while (work := self._next()) is not None:
-            # A bug below must cost one notification, not the sender thread.
-            try:
-                title, body = message_for(work.dep)
-            except Exception:
-                log.exception("deployment %s: cannot write its notification", work.dep.id)
-                for url in work.urls:
-                    self._record(work.dep, url, "failed", "not sent: the message could not be written")
-                continue
+            with logs.context(request_id=work.dep.request_id, deployment=work.dep.id):
+                self._notify(work)
+
+    def _notify(self, work: _Work) -> None:
+        # A bug below must cost one notification, not the sender thread.
+        try:
+            title, body = message_for(work.dep)
+        except Exception:
+            log.exception("deployment %s: cannot write its notification", work.dep.id)
             for url in work.urls:
-                try:
-                    self._send(work.dep, url, title, body)
-                except Exception:
-                    log.exception("deployment %s: notifying %s failed unexpectedly", work.dep.id, label(url))
+                self._record(work.dep, url, "failed", "not sent: the message could not be written")
+            return
+        for url in work.urls:
+            try:
+                self._send(work.dep, url, title, body)
+            except Exception:
+                log.exception("deployment %s: notifying %s failed unexpectedly", work.dep.id, label(url))
 
     def _send(self, dep: Deployment, url: str, title: str, body: str) -> None:
         if self._past_deadline():

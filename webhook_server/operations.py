@@ -39,11 +39,19 @@ def open_journal(path: Path) -> Journal:
 
 
 def request_deploy(
-    *, journal: Journal, rules: RuleSet, service: str, tag: str, client: str | None = None
+    *,
+    journal: Journal,
+    rules: RuleSet,
+    service: str,
+    tag: str,
+    client: str | None = None,
+    request_id: str | None = None,
 ) -> Deployment:
     """Queue ``tag`` for ``service`` with the same rule checks as a push."""
     plan = plan_manual(service=service, tag=tag, rules=rules)
-    record = PushRecord(trigger="manual", repository=plan.repository, tag=plan.tag, client=client)
+    record = PushRecord(
+        trigger="manual", repository=plan.repository, tag=plan.tag, client=client, request_id=request_id
+    )
     [dep] = journal.accept(record, [plan])
     log.info(
         "manual deployment %s of %s:%s to %s requested%s",
@@ -63,12 +71,21 @@ class Rollback:
 
 
 def request_rollback(
-    *, journal: Journal, swarm: Swarm, rules: RuleSet, service: str, to: int | None = None, client: str | None = None
+    *,
+    journal: Journal,
+    swarm: Swarm,
+    rules: RuleSet,
+    service: str,
+    to: int | None = None,
+    client: str | None = None,
+    request_id: str | None = None,
 ) -> Rollback:
     """Queue a return to ``to`` (default: the newest succeeded deployment whose digest is not running)."""
     running = swarm.inspect(service)
     plan, target = plan_rollback(journal=journal, rules=rules, service=service, running_image=running.image, to=to)
-    record = PushRecord(trigger="rollback", repository=plan.repository, tag=plan.tag, client=client)
+    record = PushRecord(
+        trigger="rollback", repository=plan.repository, tag=plan.tag, client=client, request_id=request_id
+    )
     [dep] = journal.accept(record, [plan], pinned_ref=target.image_ref)
     log.info(
         "rollback %s of %s to %s (%s) requested%s",

@@ -79,12 +79,13 @@ class RedactingLogger(Logger):  # type: ignore[misc]
     """gunicorn's own logger, with our redaction on its handlers (it logs request URIs on errors)."""
 
     secrets: tuple[str, ...] = ()
+    fmt: logs.LogFormat = "text"
 
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
         for logger in (self.error_log, self.access_log):
             for handler in logger.handlers:
-                handler.addFilter(logs.RedactSecrets(self.secrets))
+                logs.prepare(handler, fmt=self.fmt, secrets=self.secrets)
 
 
 class _Application(BaseApplication):  # type: ignore[misc]
@@ -109,6 +110,7 @@ def run_gunicorn(settings: Settings, *, rules: RuleSet, bind: Bind, workers: int
     """Serve until stopped. ``rules`` is what the master loaded: a worker started later runs on it if the
     file is broken by then."""
     RedactingLogger.secrets = tuple(settings.secrets())
+    RedactingLogger.fmt = settings.log_format
     options = {
         "bind": [str(bind)],
         "workers": workers,

@@ -53,6 +53,8 @@ class Settings(BaseModel):
     # No default here: load_settings supplies default_db_path, which depends on the user and environment.
     db_path: Path
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # text for people at a terminal; json (one object per line) for log collectors; the image uses json.
+    log_format: Literal["text", "json"] = "text"
     # How long queued work keeps retrying while the Docker daemon is unreachable before it fails.
     docker_retry_limit: Duration = timedelta(minutes=10)
     # Retries back off exponentially from 1 s up to this delay.
@@ -104,6 +106,11 @@ class Settings(BaseModel):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _split_proxies(cls, value: object) -> object:
@@ -125,6 +132,7 @@ _ENV = {
     "rules_path": "WEBHOOK_RULES",
     "db_path": "WEBHOOK_DB",
     "log_level": "WEBHOOK_LOG_LEVEL",
+    "log_format": "WEBHOOK_LOG_FORMAT",
     "docker_retry_limit": "WEBHOOK_DOCKER_RETRY_LIMIT",
     "docker_retry_max_delay": "WEBHOOK_DOCKER_RETRY_MAX_DELAY",
     "docker_timeout": "WEBHOOK_DOCKER_TIMEOUT",

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
+import uuid
 from typing import Any
 
 from flask import Blueprint, Flask, Response, abort, g, jsonify, request
@@ -14,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
-from webhook_server import metrics, problems
+from webhook_server import logs, metrics, problems
 from webhook_server.cluster import NodeStatus
-from webhook_server.context import services
+from webhook_server.context import TRUSTED_PROXY_KEY, services
 from webhook_server.dockerhub import parse_push
 from webhook_server.errors import BadRequest, DockerError, Unauthorized, WebhookError
 from webhook_server.journal import Deployment, PushRecord
@@ -33,6 +35,8 @@ health = Blueprint("health", __name__)
 
 NOT_FOUND_BODY = {"error": "not_found", "message": "not found"}
 WAIT_MARGIN_SECONDS = 30
+# What a proxy's request id may be (nginx's $request_id is 32 hex digits); anything else is replaced.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class RulesUnavailable(WebhookError):
@@ -106,6 +110,7 @@ def dockerhub(token: str) -> tuple[Response, int]:
         pusher=push.push_data.pusher,
         client=request.remote_addr,
         callback_url=push.callback_url,
+        request_id=g.request_id,
     )
     decision = plan_push(repository=push.repo, tag=push.push_data.tag, rules=_rules())
     if isinstance(decision, Ignored):
@@ -183,7 +188,12 @@ def _accepted(dep: Deployment, **extra: Any) -> tuple[Response, int]:
 def create_deployment() -> tuple[Response, int]:
     wanted = _parse(ManualDeploy, _json_body())
     dep = request_deploy(
-        journal=services().journal, rules=_rules(), service=wanted.service, tag=wanted.tag, client=_client()
+        journal=services().journal,
+        rules=_rules(),
+        service=wanted.service,
+        tag=wanted.tag,
+        client=_client(),
+        request_id=g.request_id,
     )
     return _accepted(dep)
 
@@ -200,7 +210,13 @@ def rollback_service(service: str) -> tuple[Response, int]:
     body = request.get_json(silent=True) if request.data else {}
     wanted = _parse(RollbackRequest, body if body is not None else {})
     done = request_rollback(
-        journal=ctx.journal, swarm=ctx.swarm, rules=_rules(), service=service, to=wanted.to, client=_client()
+        journal=ctx.journal,
+        swarm=ctx.swarm,
+        rules=_rules(),
+        service=service,
+        to=wanted.to,
+        client=_client(),
+        request_id=g.request_id,
     )
     return _accepted(done.deployment, rollback_to=done.target.id)
 
@@ -309,8 +325,21 @@ def register(app: Flask) -> None:
         log.exception("%s %s: unexpected error", request.method, _path())
         return jsonify(error="internal_error", message="internal error; see the server log"), 500
 
+    @app.before_request
+    def _request_context() -> None:
+        g.request_id = _request_id()
+        g.log_context = logs.context(request_id=g.request_id)
+        g.log_context.__enter__()
+
+    @app.teardown_request
+    def _end_request_context(_error: BaseException | None) -> None:
+        if "log_context" in g:
+            g.log_context.__exit__(None, None, None)
+
     @app.after_request
     def _access_log(response: Response) -> Response:
+        if "request_id" in g:
+            response.headers["X-Request-ID"] = g.request_id
         if request.blueprint == hooks.name:
             metrics.webhook_received(_hook_result(response.status_code))
         # One line per request; a refused one says why, at WARNING so that operators see probes and typos.
@@ -322,6 +351,14 @@ def register(app: Flask) -> None:
         else:
             log.info("%s", line)
         return response
+
+
+def _request_id() -> str:
+    """A trusted proxy's X-Request-ID (nginx's $request_id) when it is a sane token, else a new one."""
+    given = request.headers.get("X-Request-ID", "")
+    if request.environ.get(TRUSTED_PROXY_KEY) and _REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
 
 
 def _hook_result(status: int) -> metrics.WebhookResult:

@@ -143,3 +143,54 @@ def test_through_a_handler(logger: tuple[logging.Logger, io.StringIO]) -> None:
         f"INFO hook /hooks/dockerhub/{REDACTED} called with {REDACTED}\nERROR lookup failed for {REDACTED}\n"
     )
     assert out.endswith(f"KeyError: '{REDACTED}'\n")
+
+
+def _one_logger(fmt: str) -> tuple[logging.Logger, io.StringIO]:
+    from webhook_server.logs import prepare
+
+    stream = io.StringIO()
+    log = logging.getLogger(f"test.logs.{fmt}")
+    log.handlers[:] = [prepare(logging.StreamHandler(stream), fmt=fmt, secrets=[SECRET])]  # type: ignore[arg-type]
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    return log, stream
+
+
+def test_json_lines_carry_the_context_and_keep_secrets_out() -> None:
+    import json
+
+    from webhook_server.logs import context
+
+    log, stream = _one_logger("json")
+    with context(request_id="req-1"):
+        log.info("accepted %s", "acme/api:1.2.3")
+        with context(deployment=7):
+            try:
+                raise RuntimeError(f"boom {SECRET}")
+            except RuntimeError:
+                log.exception("failed")
+    log.info("outside")
+
+    first, second, third = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert {k: first[k] for k in ("level", "logger", "message", "request_id")} == {
+        "level": "INFO",
+        "logger": "test.logs.json",
+        "message": "accepted acme/api:1.2.3",
+        "request_id": "req-1",
+    }
+    assert "time" in first and "deployment" not in first
+    assert (second["request_id"], second["deployment"], second["level"]) == ("req-1", 7, "ERROR")
+    assert "RuntimeError: boom" in second["exc_info"] and SECRET not in stream.getvalue()
+    assert "request_id" not in third
+
+
+def test_text_lines_end_with_the_context() -> None:
+    from webhook_server.logs import context
+
+    log, stream = _one_logger("text")
+    with context(request_id="abc", deployment=3):
+        log.warning("rolled back")
+    log.info("plain")
+    tagged, plain = stream.getvalue().splitlines()
+    assert tagged.endswith("WARNING test.logs.text: rolled back [request_id=abc deployment=3]")
+    assert plain.endswith("INFO test.logs.text: plain")

@@ -487,3 +487,46 @@ def test_metrics_need_the_api_token_only_when_the_setting_asks(
 
     assert guarded.get("/metrics").status_code == 401
     assert guarded.get("/metrics", headers=BEARER).status_code == 200
+
+
+def test_every_answer_has_a_request_id_and_the_deployment_keeps_it(client: FlaskClient) -> None:
+    import io
+    import json
+
+    from webhook_server.logs import prepare
+
+    stream = io.StringIO()
+    handler = prepare(logging.StreamHandler(stream), fmt="json")
+    package = logging.getLogger("webhook_server")
+    package.addHandler(handler)
+    level = package.level
+    package.setLevel(logging.INFO)
+    try:
+        response = client.post(HOOK, json=documented_payload("acme/web", "latest"))
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(level)
+    request_id = response.headers["X-Request-ID"]
+    assert len(request_id) == 32
+    [dep] = response.get_json()["deployments"]
+    assert journal_of(client).get(dep["id"]).request_id == request_id
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert lines and all(line["request_id"] == request_id for line in lines), lines
+    assert any(line["message"].startswith("push acme/web:latest") for line in lines)
+    assert client.get("/healthz").headers["X-Request-ID"] != request_id
+
+
+@pytest.mark.parametrize(
+    ("peer", "given", "kept"),
+    [
+        ("10.0.0.1", "0123456789abcdef0123456789abcdef", True),  # the trusted proxy (nginx's $request_id)
+        ("10.0.0.2", "0123456789abcdef0123456789abcdef", False),  # anyone else cannot choose it
+        ("10.0.0.1", "not a token", False),  # nor can the proxy pass on garbage
+        ("10.0.0.1", "x" * 129, False),
+    ],
+)
+def test_a_request_id_is_taken_only_from_a_trusted_proxy(
+    client: FlaskClient, peer: str, given: str, kept: bool
+) -> None:
+    response = client.get("/healthz", headers={"X-Request-ID": given}, environ_base={"REMOTE_ADDR": peer})
+    assert (response.headers["X-Request-ID"] == given) is kept
