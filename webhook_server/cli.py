@@ -5,16 +5,17 @@ User mistakes become one line on stderr and exit code 2; a deployment that ends 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
-import time
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import click
 
-from webhook_server import logs
+from webhook_server import display, logs
 from webhook_server.cluster import Swarm
 from webhook_server.durations import format_duration
 from webhook_server.errors import ConfigError, WebhookError
@@ -25,6 +26,7 @@ from webhook_server.operations import open_journal, request_deploy, request_roll
 from webhook_server.proxy.commands import reload_proxy, render_nginx
 from webhook_server.rules import RuleSet, RulesSource, load_rules
 from webhook_server.settings import Settings, load_settings
+from webhook_server.status import cluster_status, deployment_detail
 
 log = logging.getLogger(__name__)
 DEFAULT_BIND = "127.0.0.1:9000"
@@ -118,59 +120,85 @@ def check_rules(path: Path | None) -> None:
 @main.command()
 @click.argument("service")
 @click.argument("tag")
-@click.option("--wait", is_flag=True, help="Wait for the outcome.")
+@click.option("--wait", is_flag=True, help="Follow the rollout live and wait for the outcome.")
 @click.option("--dry-run", is_flag=True, help="Show what would happen; change nothing. Exits 1 if it would skip.")
-def deploy(service: str, tag: str, wait: bool, dry_run: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome (or the queued deployment) as JSON.")
+def deploy(service: str, tag: str, wait: bool, dry_run: bool, as_json: bool) -> None:
     """Deploy TAG to SERVICE with the same checks and rollout as a push."""
     settings = _settings()
     rules = load_rules(settings.rules_path)
     swarm = _swarm(settings)
     if dry_run:
         result = try_deploy(swarm=swarm, rules=rules, service=service, tag=tag)
-        click.echo(f"{service} runs {result.running}")
+        if as_json:
+            display.print_json(dataclasses.asdict(result))
+        else:
+            click.echo(f"{service} runs {result.running}")
+            click.echo(f"would skip: {result.skip}" if result.skip else f"would update to {result.target}")
+            for warning in result.warnings:
+                click.echo(f"warning: {warning}")
         if result.skip is not None:
-            click.echo(f"would skip: {result.skip}")
             sys.exit(1)
-        click.echo(f"would update to {result.target}")
-        for warning in result.warnings:
-            click.echo(f"warning: {warning}")
         return
     journal = _journal(settings)
     dep = request_deploy(journal=journal, rules=rules, service=service, tag=tag)
-    click.echo(f"deployment {dep.id}: {service} ← {dep.image}:{dep.tag} queued")
-    _report(_run_or_wait(journal, dep, swarm=swarm, rules=rules, settings=settings, wait=wait))
+    if not as_json:
+        click.echo(f"deployment {dep.id}: {service} ← {dep.image}:{dep.tag} queued")
+    _report(
+        journal,
+        _run_or_wait(journal, dep, swarm=swarm, rules=rules, settings=settings, wait=wait, quiet=as_json),
+        as_json=as_json,
+    )
 
 
 def _run_or_wait(
-    journal: Journal, dep: Deployment, *, swarm: Swarm, rules: RuleSet, settings: Settings, wait: bool
+    journal: Journal,
+    dep: Deployment,
+    *,
+    swarm: Swarm,
+    rules: RuleSet,
+    settings: Settings,
+    wait: bool,
+    quiet: bool,
 ) -> Deployment:
-    """Run the rollout here when no server holds the executor lock; else let the server do it."""
+    """Run the rollout here when no server holds the executor lock, following it; else let the server do
+    it, following it only with ``wait``."""
     lock = ExecutorLock(lock_path(journal))
-    if lock.try_acquire():
-        from webhook_server.notify import Notifier  # apprise loads only for commands that roll out
+    if not lock.try_acquire():
+        return display.follow(journal, dep.id, swarm=swarm, quiet=quiet) if wait else journal.get(dep.id)
+    from webhook_server.notify import Notifier  # apprise loads only for commands that roll out
 
-        source = RulesSource(settings.rules_path, fallback=rules)
-        # The CLI is the executor now, so it tells people of the outcomes as the server would.
-        notifier = Notifier.from_settings(settings, journal=journal, rules=source.current)
-        notifier.subscribe()
-        notifier.start()
-        try:
-            executor = Executor.from_settings(settings, journal=journal, swarm=swarm, rules=source)
-            while not journal.get(dep.id).done:
-                executor.drain(dep.service)
-                time.sleep(0.5)
-        finally:
-            lock.release()
-            notifier.stop(timeout=settings.notify_timeout.total_seconds())
-    elif wait:
-        return journal.wait_done(dep.id, interval=0.5)
-    return journal.get(dep.id)
+    source = RulesSource(settings.rules_path, fallback=rules)
+    # The CLI is the executor now, so it tells people of the outcomes as the server would.
+    notifier = Notifier.from_settings(settings, journal=journal, rules=source.current)
+    notifier.subscribe()
+    notifier.start()
+    executor = Executor.from_settings(settings, journal=journal, swarm=swarm, rules=source)
+    stop = threading.Event()
+
+    def run() -> None:
+        while not journal.get(dep.id).done and not stop.is_set():
+            executor.drain(dep.service)
+            stop.wait(0.5)
+
+    worker = threading.Thread(target=run, name="rollout", daemon=True)
+    worker.start()
+    try:
+        return display.follow(journal, dep.id, swarm=swarm, quiet=quiet, still_running=worker.is_alive)
+    finally:
+        stop.set()
+        worker.join()
+        lock.release()
+        notifier.stop(timeout=settings.notify_timeout.total_seconds())
 
 
-def _report(dep: Deployment) -> None:
-    click.echo(f"deployment {dep.id}: {dep.state}" + (f": {dep.message}" if dep.message else ""))
-    if dep.nodes:
-        click.echo(f"tasks ran on: {', '.join(dep.nodes)}")
+def _report(journal: Journal, dep: Deployment, *, as_json: bool) -> None:
+    if as_json:
+        display.print_json(deployment_detail(journal, dep))
+    else:
+        click.echo(f"deployment {dep.id}: {dep.state}" + (f": {dep.message}" if dep.message else ""))
+        if dep.nodes:
+            click.echo(f"tasks ran on: {', '.join(dep.nodes)}")
     if dep.state in ("failed", "rolled_back"):
         sys.exit(1)
 
@@ -184,8 +212,9 @@ def _report(dep: Deployment) -> None:
     type=click.IntRange(min=1),
     help="Return to this deployment id (default: the last succeeded deployment whose digest is not running now).",
 )
-@click.option("--wait", is_flag=True, help="Wait for the outcome.")
-def rollback(service: str, to: int | None, wait: bool) -> None:
+@click.option("--wait", is_flag=True, help="Follow the rollout live and wait for the outcome.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome (or the queued deployment) as JSON.")
+def rollback(service: str, to: int | None, wait: bool, as_json: bool) -> None:
     """Roll SERVICE back to an earlier succeeded deployment from the journal."""
     settings = _settings()
     rules = load_rules(settings.rules_path)
@@ -193,8 +222,10 @@ def rollback(service: str, to: int | None, wait: bool) -> None:
     journal = _journal(settings)
     done = request_rollback(journal=journal, swarm=swarm, rules=rules, service=service, to=to)
     target = done.target
-    click.echo(f"deployment {done.deployment.id}: {service} ← {target.image_ref} ({target.description}) queued")
-    _report(_run_or_wait(journal, done.deployment, swarm=swarm, rules=rules, settings=settings, wait=wait))
+    if not as_json:
+        click.echo(f"deployment {done.deployment.id}: {service} ← {target.image_ref} ({target.description}) queued")
+    ran = _run_or_wait(journal, done.deployment, swarm=swarm, rules=rules, settings=settings, wait=wait, quiet=as_json)
+    _report(journal, ran, as_json=as_json)
 
 
 # ---- the proxy -------------------------------------------------------------------------------
@@ -206,15 +237,50 @@ main.add_command(reload_proxy)
 @main.command()
 @click.option("--service", help="Only this service.")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10000))
-def history(service: str | None, limit: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the deployments as a JSON array.")
+def history(service: str | None, limit: int, as_json: bool) -> None:
     """Recent deployments, newest first (times in UTC)."""
     settings = _settings()
     new = not settings.db_path.exists()
-    rows = open_journal(settings.db_path).find(service=service, limit=limit)
+    journal = open_journal(settings.db_path)
+    rows = journal.find(service=service, limit=limit)
+    if as_json:
+        display.print_json([deployment_detail(journal, d, transitions=False) for d in rows])
+        return
     if not rows:
         click.echo(f"no deployments recorded in {settings.db_path}" + (" (new journal)" if new else ""))
         return
     for line in history_table(rows, now=datetime.now(UTC)):
+        click.echo(line)
+
+
+# ---- status and show ---------------------------------------------------------------------------
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the services as JSON, as GET /api/services does.")
+def status(as_json: bool) -> None:
+    """Every service in the rules: what it runs, its last deployment, what waits and what is rolling out."""
+    settings = _settings()
+    rules = load_rules(settings.rules_path)
+    found = cluster_status(journal=_journal(settings), swarm=_swarm(settings), rules=rules)
+    if as_json:
+        display.print_json({"services": [s.model_dump() for s in found]})
+        return
+    for line in display.status_lines(found):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("deployment_id", type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print the deployment as JSON, as the API does.")
+def show(deployment_id: int, as_json: bool) -> None:
+    """One deployment with its transitions and notifications."""
+    settings = _settings()
+    journal = _journal(settings)
+    dep = journal.get(deployment_id)
+    if as_json:
+        display.print_json(deployment_detail(journal, dep))
+        return
+    for line in display.show_lines(journal, dep):
         click.echo(line)
 
 

@@ -83,6 +83,8 @@ def task_errors(tasks: list[TaskState], image: str) -> list[str]:
         if (
             task.image != image
             or (task.state in _QUIET_TASK_STATES and not task.error)
+            # Waiting for the scheduler is normal; only a pending task's reason ("no suitable node …") says much.
+            or (task.state == "pending" and not task.error and reason == "pending task scheduling")
             or not reason
             or reason in found
         ):

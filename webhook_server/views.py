@@ -26,6 +26,7 @@ from webhook_server.logs import printable, redact
 from webhook_server.matching import Ignored, plan_push
 from webhook_server.operations import request_deploy, request_rollback, wait_seconds
 from webhook_server.rules import DOCKER_TAG, SERVICE_NAME, RuleSet
+from webhook_server.status import cluster_status, deployment_detail
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +77,7 @@ def _summary(dep: Deployment) -> dict[str, Any]:
 
 
 def _public(dep: Deployment, *, transitions: bool = False) -> dict[str, Any]:
-    data = dep.model_dump(exclude={"pinned_ref", "not_before", "update_marker"})
-    if transitions:
-        journal = services().journal
-        data["transitions"] = [t.model_dump() for t in journal.transitions(dep.id)]
-        data["notifications"] = [n.model_dump() for n in journal.notifications(dep.id)]
-    return data
+    return deployment_detail(services().journal, dep, transitions=transitions)
 
 
 # ---- Docker Hub ------------------------------------------------------------------------------
@@ -219,6 +215,14 @@ def rollback_service(service: str) -> tuple[Response, int]:
         request_id=g.request_id,
     )
     return _accepted(done.deployment, rollback_to=done.target.id)
+
+
+@api.get("/services")
+def list_services() -> Response:
+    """Every service in the rules: what it runs, its last deployment, what waits, what is rolling out."""
+    ctx = services()
+    found = cluster_status(journal=ctx.journal, swarm=ctx.swarm, rules=_rules())
+    return jsonify(services=[s.model_dump() for s in found])
 
 
 @api.get("/deployments")

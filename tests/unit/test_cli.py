@@ -314,3 +314,50 @@ def test_serve_refuses_a_notification_url_apprise_cannot_use_without_echoing_it(
     }
     message = one_line_error(run("serve", env=env))
     assert message == "WEBHOOK_NOTIFY_URLS: entry 2: nosuchservice:// is not a notification service apprise knows"
+
+
+# ---- status, show and --json ---------------------------------------------------------------------------
+def test_deploy_json_then_show_history_and_status_agree(fake_swarm: FakeSwarm, tmp_path: Path) -> None:
+    import json
+
+    digest = fake_swarm.push("acme/simple-api", "1.2.4")
+    deployed = CliRunner().invoke(cli.main, ["deploy", "a3_api", "1.2.4", "--json"])
+    assert deployed.exit_code == 0, deployed.output
+    outcome = json.loads(deployed.stdout)
+    assert (outcome["id"], outcome["state"], outcome["trigger"]) == (1, "succeeded", "manual")
+    assert outcome["image_ref"] == f"acme/simple-api:1.2.4@{digest}"
+    assert [t["state"] for t in outcome["transitions"]][0] == "queued" and outcome["notifications"] == []
+
+    shown = CliRunner().invoke(cli.main, ["show", "1", "--json"])
+    assert json.loads(shown.stdout) == outcome
+    text = CliRunner().invoke(cli.main, ["show", "1"]).stdout.splitlines()
+    assert text[0] == "deployment 1: a3_api ← acme/simple-api:1.2.4"
+    assert text[1].startswith("  state      succeeded") and "notifications: none" in text
+
+    [listed] = json.loads(CliRunner().invoke(cli.main, ["history", "--json"]).stdout)
+    assert {k: listed[k] for k in ("id", "state", "tag")} == {"id": 1, "state": "succeeded", "tag": "1.2.4"}
+
+    status = json.loads(CliRunner().invoke(cli.main, ["status", "--json"]).stdout)
+    by_name = {s["service"]: s for s in status["services"]}
+    assert by_name["a3_api"]["image"] == f"acme/simple-api:1.2.4@{digest}"
+    assert by_name["a3_api"]["last"]["id"] == 1 and by_name["a3_api"]["in_progress"] is None
+    lines = CliRunner().invoke(cli.main, ["status"]).stdout.splitlines()
+    assert lines[lines.index(f"a3_api: acme/simple-api:1.2.4@{digest[:19]}") + 1].startswith(
+        "  last         #1 1.2.4 succeeded at "
+    )
+
+
+def test_show_of_an_unknown_deployment_is_one_line(fake_swarm: FakeSwarm) -> None:
+    result = CliRunner().invoke(cli.main, ["show", "99"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("webhook-server: ")
+
+
+def test_a_rollout_is_followed_line_by_line_when_not_in_a_terminal(fake_swarm: FakeSwarm) -> None:
+    fake_swarm.push("acme/simple-api", "1.2.4")
+    result = CliRunner().invoke(cli.main, ["deploy", "a3_api", "1.2.4"])
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("deployment 1: a3_api ← ") and lines[0].endswith(" queued")
+    states = [line.split()[2] for line in lines[1:-1] if line.startswith("  20")]
+    assert states[0] == "queued" and states[-1] == "succeeded" and "running" in states
+    assert lines[-1].startswith("deployment 1: succeeded")

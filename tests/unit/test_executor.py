@@ -517,3 +517,47 @@ def test_work_waits_while_no_rules_are_loaded_and_runs_once_the_file_is_fixed(
     executor.drain("api")
     assert journal.get(dep_id).state == "succeeded"
     assert journal.get(dep_id).image_ref == f"{IMAGE}:1.1.0@{digest}"
+
+
+TASK_ERROR_CASES: list[tuple[str, list[TaskState], list[str]]] = [
+    (
+        "exit-code",
+        [TaskState(node="n1", image="new", state="failed", desired_state="shutdown", error="task: non-zero exit (3)")],
+        ["task on n1: failed: task: non-zero exit (3)"],
+    ),
+    (
+        "same-reason-once",
+        [
+            TaskState(node="n1", image="new", state="failed", desired_state="shutdown", error="No such image: x"),
+            TaskState(node="n2", image="new", state="rejected", desired_state="shutdown", error="No such image: x"),
+        ],
+        ["task on n1: failed: No such image: x"],
+    ),
+    (
+        "waiting-for-the-scheduler-is-not-a-reason",
+        [TaskState(node="", image="new", state="pending", desired_state="running", message="pending task scheduling")],
+        [],
+    ),
+    (
+        "no-suitable-node-is",
+        [
+            TaskState(
+                node="",
+                image="new",
+                state="pending",
+                desired_state="running",
+                message="no suitable node (max replicas per node limit exceed)",
+            )
+        ],
+        ["task: pending: no suitable node (max replicas per node limit exceed)"],
+    ),
+    ("other-image", [TaskState(node="n1", image="old", state="failed", desired_state="shutdown", error="x")], []),
+    ("healthy-running", [TaskState(node="n1", image="new", state="running", desired_state="running")], []),
+]
+
+
+@pytest.mark.parametrize(("tasks", "expected"), [c[1:] for c in TASK_ERROR_CASES], ids=[c[0] for c in TASK_ERROR_CASES])
+def test_task_errors(tasks: list[TaskState], expected: list[str]) -> None:
+    from webhook_server.executor import task_errors
+
+    assert task_errors(tasks, "new") == expected

@@ -530,3 +530,13 @@ def test_a_request_id_is_taken_only_from_a_trusted_proxy(
 ) -> None:
     response = client.get("/healthz", headers={"X-Request-ID": given}, environ_base={"REMOTE_ADDR": peer})
     assert (response.headers["X-Request-ID"] == given) is kept
+
+
+def test_services_lists_every_rule_with_what_it_runs(client: FlaskClient) -> None:
+    assert client.get("/api/services").status_code == 401
+    response = client.get("/api/services", headers=BEARER)
+    assert response.status_code == 200
+    found = {s["service"]: s for s in response.get_json()["services"]}
+    assert set(found) == {"api", "worker", "web"}
+    assert found["api"]["image"] == "reg:5000/acme/api:1.0.0"
+    assert found["api"]["last"] is None and found["api"]["queued"] == [] and found["api"]["in_progress"] is None
