@@ -326,7 +326,7 @@ def test_deploy_json_then_show_history_and_status_agree(fake_swarm: FakeSwarm, t
     outcome = json.loads(deployed.stdout)
     assert (outcome["id"], outcome["state"], outcome["trigger"]) == (1, "succeeded", "manual")
     assert outcome["image_ref"] == f"acme/simple-api:1.2.4@{digest}"
-    assert [t["state"] for t in outcome["transitions"]][0] == "queued" and outcome["notifications"] == []
+    assert outcome["transitions"][0]["state"] == "queued" and outcome["notifications"] == []
 
     shown = CliRunner().invoke(cli.main, ["show", "1", "--json"])
     assert json.loads(shown.stdout) == outcome
