@@ -16,12 +16,15 @@ from webhook_server.proxy.config import ProxyConfig
 from webhook_server.proxy.reload import (
     SECRET_NAME_MAX,
     CheckResult,
+    JobResult,
     NginxTask,
+    NodeJob,
     ProxyConfigInvalid,
     ReloadError,
     nginx_test_command,
     plan_reload,
     reload_proxy,
+    reload_this_node,
     secret_name,
 )
 
@@ -45,6 +48,7 @@ class FakeSwarm:
     tests: dict[str, list[str]] = field(default_factory=dict)  # container id → the nginx -t argv run in it
     secrets: dict[str, bytes] = field(default_factory=dict)
     error: Exception | None = None
+    job_failures: dict[tuple[str, bool], str] = field(default_factory=dict)  # (node, check only) → output
 
     def local_node_id(self) -> str:
         return LOCAL
@@ -67,6 +71,19 @@ class FakeSwarm:
 
     def reload(self, container_id: str) -> None:
         self.calls.append(("hup", container_id))
+
+    def run_on_nodes(self, *, job: NodeJob, args: Sequence[str], nodes: Sequence[str]) -> list[JobResult]:
+        check_only = "--check-only" in args
+        self.calls.append(("job-check" if check_only else "job-reload", *nodes))
+        assert list(args[:5]) == ["webhook-server", "reload-proxy", "--service", "nginx", "--this-node-only"]
+        return [
+            JobResult(
+                node=f"host-{n}",
+                ok=(n, check_only) not in self.job_failures,
+                output=self.job_failures.get((n, check_only), "ok"),
+            )
+            for n in nodes
+        ]
 
     def force_update(self, service: str) -> None:
         self.calls.append(("force", service))
@@ -128,6 +145,53 @@ def test_only_remote_tasks() -> None:
     swarm = FakeSwarm([task(1, OTHER), task(2, OTHER)])
     reload_proxy(swarm, "nginx")
     assert swarm.calls == [("force", "nginx")]
+
+
+JOB = NodeJob(image="registry.example/webhook-server:1")
+THIRD = "node-third"
+
+
+def test_with_a_node_job_every_node_checks_before_any_reloads() -> None:
+    swarm = FakeSwarm([task(1), task(2, OTHER), task(3, THIRD), task(4, OTHER)])
+    report = reload_proxy(swarm, "nginx", job=JOB)
+    assert swarm.calls == [
+        ("check", "c1"),
+        ("job-check", OTHER, THIRD),
+        ("hup", "c1"),
+        ("job-reload", OTHER, THIRD),
+    ]
+    assert not report.force_updated
+    assert report.summary("nginx") == (
+        "nginx: nginx -t passed in 1 task(s); reloaded 1 task(s) on this node with SIGHUP; "
+        f"checked and reloaded by a job on host-{OTHER}, host-{THIRD}"
+    )
+
+
+def test_a_check_failing_on_another_node_reloads_nothing_anywhere() -> None:
+    swarm = FakeSwarm([task(1), task(2, OTHER), task(3, THIRD)], job_failures={(THIRD, True): "[emerg] no cert"})
+    with pytest.raises(ProxyConfigInvalid) as info:
+        reload_proxy(swarm, "nginx", job=JOB)
+    assert info.value.message.startswith(f"nginx -t failed on host-{THIRD} (nginx); nothing was reloaded")
+    assert f"host-{THIRD}: [emerg] no cert" in info.value.message
+    assert [c[0] for c in swarm.calls] == ["check", "job-check"]
+
+
+def test_a_reload_failing_on_another_node_says_where_it_did_work() -> None:
+    swarm = FakeSwarm([task(1), task(2, OTHER), task(3, THIRD)], job_failures={(OTHER, False): "gone"})
+    with pytest.raises(ReloadError, match=f"the reload failed on host-{OTHER} \\(nginx\\); reloaded on this node"):
+        reload_proxy(swarm, "nginx", job=JOB)
+
+
+def test_a_node_job_touches_only_its_own_node() -> None:
+    swarm = FakeSwarm([task(1), task(2, OTHER), task(3, LOCAL, container=None)])
+    assert reload_this_node(swarm, "nginx", check_only=True).checked == ["t1"]
+    assert swarm.calls == [("check", "c1")]
+    report = reload_this_node(swarm, "nginx", check_only=False)
+    assert swarm.calls[1:] == [("check", "c1"), ("hup", "c1")]
+    assert report.summary("nginx") == "nginx: nginx -t passed in 1 task(s); reloaded 1 task(s) on this node with SIGHUP"
+    assert reload_this_node(FakeSwarm([task(2, OTHER)]), "nginx", check_only=False).summary("nginx") == (
+        "nginx: no running nginx task on this node"
+    )
 
 
 @pytest.mark.parametrize(

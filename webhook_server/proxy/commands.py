@@ -124,17 +124,54 @@ def render_nginx(
     help="secrets mode: where the lineages' fullchain.pem and privkey.pem are on this host.",
 )
 @click.option("--docker-host", envvar="DOCKER_HOST", default=None, help="Docker daemon (env DOCKER_HOST).")
-def reload_proxy(service: str, mode: str, rules_path: Path, cert_dir: Path, docker_host: str | None) -> None:
+@click.option(
+    "--job-image",
+    envvar="WEBHOOK_PROXY_JOB_IMAGE",
+    default=None,
+    help="signal mode: reload nginx on other nodes with a one-off job of this image (this project's image) "
+    "on each, instead of a forced rolling update (env WEBHOOK_PROXY_JOB_IMAGE).",
+)
+@click.option(
+    "--node-socket",
+    envvar="WEBHOOK_PROXY_NODE_SOCKET",
+    default="/var/run/docker.sock",
+    show_default=True,
+    help="Where each node's Docker socket is, for the job (Swarm templates such as {{.Node.Hostname}} work).",
+)
+@click.option("--this-node-only", is_flag=True, help="Only the nginx tasks on this node (what a node job runs).")
+@click.option("--check-only", is_flag=True, help="With --this-node-only: run nginx -t, reload nothing.")
+def reload_proxy(
+    service: str,
+    mode: str,
+    rules_path: Path,
+    cert_dir: Path,
+    docker_host: str | None,
+    job_image: str | None,
+    node_socket: str,
+    this_node_only: bool,
+    check_only: bool,
+) -> None:
     """Make nginx load new certificates and config: validate, then reload without dropping connections."""
     # Imported here: only this command needs the Docker adapter (and docker-py).
     from webhook_server.swarm.proxy import SwarmProxy
 
+    if check_only and not this_node_only:
+        raise ConfigError("--check-only works with --this-node-only (what a node job runs)")
     config = load_proxy_config(rules_path) if mode == "secrets" else None
+    job = reloading.NodeJob(image=job_image, socket=node_socket) if job_image else None
     swarm = SwarmProxy(docker_host)
     try:
-        report = reloading.reload_proxy(
-            swarm, service, mode="secrets" if mode == "secrets" else "signal", config=config, cert_dir=cert_dir
-        )
+        if this_node_only:
+            report = reloading.reload_this_node(swarm, service, check_only=check_only)
+        else:
+            report = reloading.reload_proxy(
+                swarm,
+                service,
+                mode="secrets" if mode == "secrets" else "signal",
+                config=config,
+                cert_dir=cert_dir,
+                job=job,
+            )
     finally:
         swarm.close()
     click.echo(report.summary(service))

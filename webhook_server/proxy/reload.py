@@ -6,6 +6,11 @@ their requests: no connection is dropped). Tasks on other nodes cannot be reache
 here, so the service gets a rolling ``--force`` update instead; Swarm's own update config (health checks,
 rollback) guards those.
 
+With a **node job** (``--job-image``: this project's image), tasks on other nodes are reloaded the same way
+instead: a one-off Swarm job on each of those nodes runs ``reload-proxy --this-node-only`` against that
+node's Docker socket. Every node checks first (``--check-only``), and only if every check passed anywhere
+does any nginx get SIGHUP: no task restarts, no connection drops, whatever the published ports.
+
 ``secrets`` mode (multi-node swarms without bind mounts): each certificate file becomes a new Swarm secret
 named after its content, and the service is updated start-first to use them. A certificate that does not
 match its key is refused before anything changes.
@@ -63,8 +68,29 @@ class CheckResult:
     output: str
 
 
+@dataclass(frozen=True)
+class NodeJob:
+    """How to reach nginx on other nodes: ``image`` holds webhook-server; ``socket`` is where each node's Docker
+    socket is on that node (it may use Swarm's templates, e.g. ``/run/docker-{{.Node.Hostname}}.sock``)."""
+
+    image: str
+    socket: str = "/var/run/docker.sock"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    node: str  # the node's hostname
+    ok: bool
+    output: str
+
+
 class NginxSwarm(Protocol):
     def local_node_id(self) -> str: ...
+
+    def run_on_nodes(self, *, job: NodeJob, args: Sequence[str], nodes: Sequence[str]) -> list[JobResult]:
+        """Run ``args`` (a webhook-server command line) once on each node in ``nodes`` (ids), in parallel, with
+        that node's Docker socket; each node's exit status and output, in the order of ``nodes``."""
+        ...
 
     def running_tasks(self, service: str) -> list[NginxTask]: ...
 
@@ -150,6 +176,7 @@ class ReloadReport:
     signalled: list[str] = field(default_factory=list)
     force_updated: bool = False
     secrets: dict[str, str] = field(default_factory=dict)
+    other_nodes: list[str] = field(default_factory=list)  # hostnames whose nginx a node job reloaded
 
     def summary(self, service: str) -> str:
         parts = []
@@ -157,16 +184,78 @@ class ReloadReport:
             parts.append(f"nginx -t passed in {len(self.checked)} task(s)")
         if self.signalled:
             parts.append(f"reloaded {len(self.signalled)} task(s) on this node with SIGHUP")
+        if self.other_nodes:
+            parts.append(f"checked and reloaded by a job on {', '.join(self.other_nodes)}")
         if self.secrets:
             parts.append(f"service updated (start-first) to {len(self.secrets)} new secret(s)")
         if self.force_updated:
             parts.append("tasks on other nodes: forced a rolling update")
+        if not parts:
+            parts.append("no running nginx task on this node")
         return f"{service}: " + "; ".join(parts)
 
 
-def reload_by_signal(swarm: NginxSwarm, service: str) -> ReloadReport:
-    plan = plan_reload(swarm.running_tasks(service), local_node_id=swarm.local_node_id())
+def job_args(service: str, *, check_only: bool) -> list[str]:
+    return ["webhook-server", "reload-proxy", "--service", service, "--this-node-only"] + (
+        ["--check-only"] if check_only else []
+    )
+
+
+def _on_other_nodes(
+    swarm: NginxSwarm, service: str, plan: ReloadPlan, *, job: NodeJob, local_node_id: str, check_only: bool
+) -> list[JobResult]:
+    nodes = sorted({t.node_id for t in plan.remote if t.node_id and t.node_id != local_node_id})
+    if not nodes:
+        return []
+    results = swarm.run_on_nodes(job=job, args=job_args(service, check_only=check_only), nodes=nodes)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        what = "nginx -t failed" if check_only else "the reload failed"
+        detail = "\n".join(f"{r.node}: {r.output.strip()}" for r in failed)
+        names = ", ".join(r.node for r in failed)
+        if check_only:
+            raise ProxyConfigInvalid(f"{what} on {names} ({service}); nothing was reloaded:\n{detail}")
+        done = [r.node for r in results if r.ok]
+        raise ReloadError(f"{what} on {names} ({service}); reloaded on this node and {done or 'no other'}:\n{detail}")
+    return results
+
+
+def reload_by_signal(swarm: NginxSwarm, service: str, *, job: NodeJob | None = None) -> ReloadReport:
+    local_node_id = swarm.local_node_id()
+    plan = plan_reload(swarm.running_tasks(service), local_node_id=local_node_id)
+    if job is not None:
+        # Tasks here whose container is not known yet are starting: they read the new files as they start.
+        plan = ReloadPlan(local=plan.local, remote=tuple(t for t in plan.remote if t.node_id != local_node_id))
     report = ReloadReport()
+    report.checked = _check_local(swarm, service, plan)
+    if job is not None:
+        _on_other_nodes(swarm, service, plan, job=job, local_node_id=local_node_id, check_only=True)
+    _signal_local(swarm, service, plan, report)
+    if job is not None:
+        done = _on_other_nodes(swarm, service, plan, job=job, local_node_id=local_node_id, check_only=False)
+        report.other_nodes = [r.node for r in done]
+    elif plan.force_update:
+        # Not validated here (exec reaches only this node's containers): Swarm's update config and health
+        # checks guard it, and a new task that fails to start is rolled back.
+        log.info("%d task(s) of %s run on other nodes: forcing a rolling update", len(plan.remote), service)
+        swarm.force_update(service)
+        report.force_updated = True
+    return report
+
+
+def reload_this_node(swarm: NginxSwarm, service: str, *, check_only: bool) -> ReloadReport:
+    """What a node job runs: check (and unless ``check_only``, reload) the tasks on this node only."""
+    local_node_id = swarm.local_node_id()
+    tasks = [t for t in swarm.running_tasks(service) if t.node_id == local_node_id and t.container_id]
+    plan = ReloadPlan(local=tuple(tasks), remote=())
+    report = ReloadReport(checked=_check_local(swarm, service, plan))
+    if not check_only:
+        _signal_local(swarm, service, plan, report)
+    return report
+
+
+def _check_local(swarm: NginxSwarm, service: str, plan: ReloadPlan) -> list[str]:
+    checked: list[str] = []
     for task in plan.local:
         assert task.container_id is not None
         command = swarm.container_command(task.container_id)
@@ -182,19 +271,16 @@ def reload_by_signal(swarm: NginxSwarm, service: str) -> ReloadReport:
             raise ProxyConfigInvalid(
                 f"nginx -t failed in task {task.task_id} of {service}; nothing was reloaded:\n{result.output.strip()}"
             )
-        report.checked.append(task.task_id)
+        checked.append(task.task_id)
+    return checked
+
+
+def _signal_local(swarm: NginxSwarm, service: str, plan: ReloadPlan, report: ReloadReport) -> None:
     for task in plan.local:
         assert task.container_id is not None
         swarm.reload(task.container_id)
         report.signalled.append(task.task_id)
         log.info("sent SIGHUP to nginx in task %s of %s", task.task_id, service)
-    if plan.force_update:
-        # Not validated here (exec reaches only this node's containers): Swarm's update config and health
-        # checks guard it, and a new task that fails to start is rolled back.
-        log.info("%d task(s) of %s run on other nodes: forcing a rolling update", len(plan.remote), service)
-        swarm.force_update(service)
-        report.force_updated = True
-    return report
 
 
 # ---- secrets mode ------------------------------------------------------------------------------------
@@ -265,9 +351,10 @@ def reload_proxy(
     mode: Mode = "signal",
     config: ProxyConfig | None = None,
     cert_dir: Path | None = None,
+    job: NodeJob | None = None,
 ) -> ReloadReport:
     if mode == "signal":
-        return reload_by_signal(swarm, service)
+        return reload_by_signal(swarm, service, job=job)
     if config is None or cert_dir is None:
         raise ReloadError("secrets mode needs the proxy: section (--rules) and the certificates (--cert-dir)")
     return reload_by_secrets(swarm, service, config=config, cert_dir=cert_dir)

@@ -5,22 +5,30 @@ project's errors.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
+import time
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import docker
 import docker.errors
-from docker.types import SecretReference, UpdateConfig
+from docker.types import Healthcheck, Mount, RestartPolicy, SecretReference, ServiceMode, UpdateConfig
 
 from webhook_server.errors import DockerError, ServiceNotFound
-from webhook_server.proxy.reload import CheckResult, NginxTask
+from webhook_server.proxy.reload import CheckResult, JobResult, NginxTask, NodeJob
 from webhook_server.swarm.client import connect, host_of, translated
 
 log = logging.getLogger(__name__)
 
 SECRET_MODE = 0o400  # read by nginx's master (root) only, like certbot's privkey.pem
+# Where a node job sees its node's Docker socket.
+NODE_SOCKET = "/var/run/docker.sock"
+JOB_END_STATES = frozenset({"complete", "failed", "rejected", "shutdown", "orphaned"})
+JOB_TIMEOUT_SECONDS = 120
+JOB_POLL_SECONDS = 0.5
 
 
 class SwarmProxy:
@@ -46,6 +54,61 @@ class SwarmProxy:
         if not node_id:
             raise DockerError(f"the Docker daemon at {self._host} is not part of a swarm")
         return node_id
+
+    def run_on_nodes(self, *, job: NodeJob, args: Sequence[str], nodes: Sequence[str]) -> list[JobResult]:
+        """One replicated job per node (constraint node.id==NODE), all at once; waits for each to end, reads
+        its output, and removes it."""
+        names = self._node_names()
+        suffix = uuid.uuid4().hex[:8]
+        made: list[tuple[str, Any]] = []
+        try:
+            for node in nodes:
+                made.append((node, self._start_job(job, args, node=node, name=f"reload-proxy-{suffix}-{node[:12]}")))
+            deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
+            return [self._job_result(svc, node=names.get(node, node), deadline=deadline) for node, svc in made]
+        finally:
+            for _, svc in made:
+                with contextlib.suppress(docker.errors.APIError):
+                    svc.remove()
+
+    def _node_names(self) -> dict[str, str]:
+        with translated("listing swarm nodes", host=self._host):
+            return {n["ID"]: n.get("Description", {}).get("Hostname", n["ID"]) for n in self._client.api.nodes()}
+
+    def _start_job(self, job: NodeJob, args: Sequence[str], *, node: str, name: str) -> Any:
+        with translated(f"starting a reload job on node {node[:12]}", host=self._host, sent=True):
+            return self._client.services.create(
+                job.image,
+                command=list(args),
+                name=name,
+                mode=ServiceMode("replicated-job", replicas=1),
+                constraints=[f"node.id=={node}"],
+                mounts=[Mount(target=NODE_SOCKET, source=job.socket, type="bind")],
+                env=[f"DOCKER_HOST=unix://{NODE_SOCKET}"],
+                restart_policy=RestartPolicy(condition="none"),
+                # The image's health check is for the server; a job that probed it would be killed as unhealthy.
+                healthcheck=Healthcheck(test=["NONE"]),
+                labels={"webhook-server.reload-proxy": "job"},
+            )
+
+    def _job_result(self, svc: Any, *, node: str, deadline: float) -> JobResult:
+        while True:
+            with translated(f"following the reload job on {node}", host=self._host):
+                tasks = svc.tasks()
+            done = [t for t in tasks if t["Status"]["State"] in JOB_END_STATES]
+            if done:
+                break
+            if time.monotonic() > deadline:
+                states = ", ".join(t["Status"]["State"] for t in tasks) or "no task yet"
+                raise DockerError(f"the reload job on {node} did not finish in {JOB_TIMEOUT_SECONDS}s ({states})")
+            time.sleep(JOB_POLL_SECONDS)
+        status = done[0]["Status"]
+        with translated(f"reading the reload job's output on {node}", host=self._host):
+            output = b"".join(svc.logs(stdout=True, stderr=True)).decode(errors="replace")
+        ok = status["State"] == "complete"
+        if not ok and status.get("Err"):
+            output = f"{output.rstrip()}\n({status['Err']})".lstrip()
+        return JobResult(node=node, ok=ok, output=output)
 
     def running_tasks(self, service: str) -> list[NginxTask]:
         svc = self._service(service)
