@@ -26,7 +26,7 @@ from webhook_server.operations import open_journal, request_deploy, request_roll
 from webhook_server.proxy.commands import reload_proxy, render_nginx
 from webhook_server.rules import RuleSet, RulesSource, load_rules
 from webhook_server.settings import Settings, load_settings
-from webhook_server.status import cluster_status, deployment_detail
+from webhook_server.status import cluster_status, deployment_detail, node_detail
 
 log = logging.getLogger(__name__)
 DEFAULT_BIND = "127.0.0.1:9000"
@@ -261,11 +261,13 @@ def status(as_json: bool) -> None:
     """Every service in the rules: what it runs, its last deployment, what waits and what is rolling out."""
     settings = _settings()
     rules = load_rules(settings.rules_path)
-    found = cluster_status(journal=_journal(settings), swarm=_swarm(settings), rules=rules)
+    swarm = _swarm(settings)
+    node = swarm.node()
+    found = cluster_status(journal=_journal(settings), swarm=swarm, rules=rules)
     if as_json:
-        display.print_json({"services": [s.model_dump() for s in found]})
+        display.print_json({"node": node_detail(node), "services": [s.model_dump() for s in found]})
         return
-    for line in display.status_lines(found):
+    for line in [display.node_line(node), *display.status_lines(found)]:
         click.echo(line)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from webhook_server.cluster import Swarm
+from webhook_server.cluster import NodeStatus, Swarm
 from webhook_server.errors import DockerError
 from webhook_server.journal import Deployment, Journal
 from webhook_server.status import Progress, ServiceStatus, progress
@@ -41,6 +41,14 @@ def short_image(ref: str | None) -> str:
 def progress_text(p: Progress) -> str:
     swarm = f", Swarm: {p.swarm_state}" if p.swarm_state else ""
     return f"{p.tasks_updated}/{p.tasks_total} task(s) on the new image{swarm}"
+
+
+def node_line(node: NodeStatus) -> str:
+    """Which Docker node the receiver talks to, and whether it can deploy from there."""
+    if node.problems:
+        return f"Docker at {node.docker_host}: " + "; ".join(node.problems)
+    role = "manager" if node.is_manager else "not a manager"
+    return f"Docker at {node.docker_host}: node {node.hostname or node.node_id} ({role}, swarm {node.swarm_state})"
 
 
 def status_lines(found: list[ServiceStatus]) -> list[str]:

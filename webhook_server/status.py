@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from webhook_server.cluster import ServiceState, Swarm, TaskState
+from webhook_server.cluster import NodeStatus, ServiceState, Swarm, TaskState
 from webhook_server.errors import DockerError
 from webhook_server.journal import Deployment, Journal
 from webhook_server.rules import RuleSet
@@ -118,3 +118,15 @@ def deployment_detail(journal: Journal, dep: Deployment, *, transitions: bool = 
         data["transitions"] = [t.model_dump() for t in journal.transitions(dep.id)]
         data["notifications"] = [n.model_dump() for n in journal.notifications(dep.id)]
     return data
+
+
+def node_detail(node: NodeStatus) -> dict[str, Any]:
+    """The Docker node this receiver talks to, as /readyz, /api/services and ``status`` show it."""
+    return {
+        "docker_host": node.docker_host,
+        "hostname": node.hostname,
+        "node_id": node.node_id,
+        "is_manager": node.is_manager,
+        "swarm_state": node.swarm_state,
+        "problems": list(node.problems),
+    }

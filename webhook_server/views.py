@@ -17,7 +17,6 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
 from webhook_server import logs, metrics, problems
-from webhook_server.cluster import NodeStatus
 from webhook_server.context import TRUSTED_PROXY_KEY, services
 from webhook_server.dockerhub import parse_push
 from webhook_server.errors import BadRequest, DockerError, Unauthorized, WebhookError
@@ -26,7 +25,7 @@ from webhook_server.logs import printable, redact
 from webhook_server.matching import Ignored, plan_push
 from webhook_server.operations import request_deploy, request_rollback, wait_seconds
 from webhook_server.rules import DOCKER_TAG, SERVICE_NAME, RuleSet
-from webhook_server.status import cluster_status, deployment_detail
+from webhook_server.status import cluster_status, deployment_detail, node_detail
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +221,7 @@ def list_services() -> Response:
     """Every service in the rules: what it runs, its last deployment, what waits, what is rolling out."""
     ctx = services()
     found = cluster_status(journal=ctx.journal, swarm=ctx.swarm, rules=_rules())
-    return jsonify(services=[s.model_dump() for s in found])
+    return jsonify(node=node_detail(ctx.swarm.node()), services=[s.model_dump() for s in found])
 
 
 @api.get("/deployments")
@@ -271,7 +270,7 @@ def readyz() -> tuple[Response, int]:
             reasons.append(f"docker: {e.message}")
         else:
             warnings.extend(f"rule {name!r}: no such service in the swarm" for name in missing)
-    body = {"node": _node(node), "warnings": warnings}
+    body = {"node": node_detail(node), "warnings": warnings}
     if reasons:
         return jsonify(status="unavailable", reasons=reasons, **body), 503
     return jsonify(status="ready", **body), 200
@@ -284,16 +283,6 @@ def prometheus_metrics() -> Response:
         _require_api_token()
     body, content_type = metrics.render(ctx.journal)
     return Response(body, content_type=content_type)
-
-
-def _node(node: NodeStatus) -> dict[str, Any]:
-    return {
-        "docker_host": node.docker_host,
-        "hostname": node.hostname,
-        "node_id": node.node_id,
-        "is_manager": node.is_manager,
-        "swarm_state": node.swarm_state,
-    }
 
 
 # ---- wiring and errors -----------------------------------------------------------------------

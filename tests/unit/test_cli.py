@@ -342,6 +342,7 @@ def test_deploy_json_then_show_history_and_status_agree(fake_swarm: FakeSwarm, t
     assert by_name["a3_api"]["image"] == f"acme/simple-api:1.2.4@{digest}"
     assert by_name["a3_api"]["last"]["id"] == 1 and by_name["a3_api"]["in_progress"] is None
     lines = CliRunner().invoke(cli.main, ["status"]).stdout.splitlines()
+    assert lines[0] == "Docker at fake://: node fake (manager, swarm active)"
     assert lines[lines.index(f"a3_api: acme/simple-api:1.2.4@{digest[:19]}") + 1].startswith(
         "  last         #1 1.2.4 succeeded at "
     )

@@ -274,6 +274,7 @@ def test_readyz_says_which_node_it_talks_to(client: FlaskClient) -> None:
             "node_id": "n1",
             "is_manager": True,
             "swarm_state": "active",
+            "problems": [],
         },
         "warnings": [],
     }
@@ -536,6 +537,7 @@ def test_services_lists_every_rule_with_what_it_runs(client: FlaskClient) -> Non
     assert client.get("/api/services").status_code == 401
     response = client.get("/api/services", headers=BEARER)
     assert response.status_code == 200
+    assert response.get_json()["node"]["hostname"] == "fake"
     found = {s["service"]: s for s in response.get_json()["services"]}
     assert set(found) == {"api", "worker", "web"}
     assert found["api"]["image"] == "reg:5000/acme/api:1.0.0"
