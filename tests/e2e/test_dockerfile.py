@@ -1,15 +1,23 @@
-"""The shipped Dockerfile, built for real and run as a Swarm service that deploys another service.
+"""The shipped Dockerfile and deploy/stack.yml, built and deployed for real on the Swarm bed.
 
-The base is Debian bookworm from debootstrap (Python 3.11), docker-imported, since nothing can be pulled
-from Docker Hub here. The image is built once for the module; the build installs the package from PyPI
-with the host's CA bundle.
+The base is Debian bookworm from debootstrap (Python 3.11 and, for the stack's nginx, nginx-light),
+docker-imported, since nothing can be pulled from Docker Hub here. The image is built once for the module;
+the build installs the package from PyPI with the host's CA bundle.
+
+The bed's dockerd runs without iptables, so no published port forwards anything: the service made as the
+Dockerfile's comment says uses the host network on 127.0.0.1, and the stack (whose receiver publishes no
+port, and whose nginx publishes in host mode) is reached from inside nginx's network namespace (nsenter),
+as a client on that node's loopback would reach it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +31,7 @@ from docker.types import Mount, SecretReference
 
 from tests.bed import RootfsUnavailable, SwarmBed, bed_required, debootstrap, free_port, wait_for
 from tests.e2e.test_rollout import assert_all_tasks_run, rules_for
-from tests.nginx_bed import parse_nginx_v
+from tests.nginx_bed import parse_nginx_v, self_signed
 from tests.server import API_TOKEN, WEBHOOK_TOKEN, documented_payload
 
 pytestmark = pytest.mark.swarm
@@ -289,3 +297,213 @@ def check_sighup_rereads_rules(
     assert accepted.status_code == 202, accepted.text
     dep = wait_finished(url, accepted.json()["deployments"][0]["id"])
     assert dep["state"] == "succeeded" and dep["service"] == service, dep
+
+
+# ---- deploy/stack.yml, as shipped ----------------------------------------------------------------
+
+# Runs under nsenter in a task's network namespace: one HTTPS request to 127.0.0.1 with the given SNI and
+# Host, verified against the given CA; prints the status and body as JSON.
+HTTPS_CLIENT = """
+import http.client, json, socket, ssl, sys
+a = json.loads(sys.argv[1])
+ctx = ssl.create_default_context(cafile=a["ca"])
+class Conn(http.client.HTTPSConnection):
+    def connect(self):
+        raw = socket.create_connection(("127.0.0.1", a["port"]), timeout=10)
+        self.sock = ctx.wrap_socket(raw, server_hostname=a["host"])
+conn = Conn(a["host"], a["port"], timeout=10)
+body = json.dumps(a["json"]).encode() if a["json"] is not None else None
+headers = dict(a["headers"], **({"Content-Type": "application/json"} if body else {}))
+conn.request(a["method"], a["path"], body=body, headers=headers)
+r = conn.getresponse()
+print(json.dumps({"status": r.status, "body": r.read().decode(errors="replace")}))
+"""
+
+
+@dataclass
+class StackClient:
+    """HTTPS to the stack's nginx, from inside its task's network namespace."""
+
+    container: Container
+    ca: Path
+    port: int = 443
+    last: str = ""
+
+    def request(
+        self, method: str, path: str, *, json_body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, str]:
+        pid = int(self.container.attrs["State"]["Pid"])
+        args = {"ca": str(self.ca), "port": self.port, "host": HOOKS, "method": method, "path": path,
+                "json": json_body, "headers": headers or {}}  # fmt: skip
+        proc = subprocess.run(
+            ["nsenter", "-t", str(pid), "-n", sys.executable, "-c", HTTPS_CLIENT, json.dumps(args)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if proc.returncode != 0:
+            raise ConnectionError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed")
+        answer = json.loads(proc.stdout)
+        return int(answer["status"]), str(answer["body"])
+
+    def answers(self, path: str) -> bool:
+        try:
+            status, body = self.request("GET", path)
+        except ConnectionError as e:
+            self.last = str(e)
+            return False
+        self.last = f"{status} {body}"
+        return status == 200
+
+
+def docker_cli() -> str:
+    """Debian's docker.io client (what scripts/test installs), else whatever docker is on PATH."""
+    found = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else shutil.which("docker")
+    if found is None:
+        if bed_required():
+            pytest.fail("the docker CLI is required here (CI / REQUIRE_SWARM=1): apt-get install docker.io")
+        pytest.skip("no docker CLI (apt-get install docker.io)")
+    return found
+
+
+def proxy_rules(bed: SwarmBed, repo: str, service: str, images: Images) -> str:
+    """The receiver's rules with the proxy: section render-nginx reads (nginx/README.md), for this stack."""
+    return rules_for(bed, repo, service) + (
+        "proxy:\n"
+        f'  nginx_version: "{images.nginx_version}"\n'
+        f'  openssl_version: "{images.openssl_version}"\n'
+        "  webhook:\n"
+        f"    server_name: {HOOKS}\n"
+        "    upstream: {host: webhook, port: 9000}\n"
+    )
+
+
+def remove_stack(bed: SwarmBed, cli: str, env: dict[str, str], name: str) -> list[str]:
+    """docker stack rm, then whatever it could not remove yet (a network still in use, the volume).
+
+    Returns what is left (empty when clean)."""
+    subprocess.run([cli, "stack", "rm", name], env=env, capture_output=True, text=True, timeout=60, check=False)
+    label = {"label": f"com.docker.stack.namespace={name}"}
+    wait_for(
+        lambda: not bed.client.services.list(filters=label) and not bed.client.containers.list(all=True, filters=label),
+        timeout=60,
+        interval=0.5,
+        what=f"stack {name}'s services and containers to go",
+    )
+    volume = f"{name}_journal"
+    for kind in (bed.client.networks, bed.client.configs, bed.client.volumes):
+        found = {item.id: item for item in kind.list(filters=label)}
+        if kind is bed.client.volumes:
+            with contextlib.suppress(docker.errors.NotFound):
+                item = bed.client.volumes.get(volume)
+                found[item.id] = item
+        for item in found.values():
+            with contextlib.suppress(docker.errors.NotFound):
+                item.remove()
+    left = [f"network {n.name}" for n in bed.client.networks.list(filters=label)]
+    left += [f"config {c.name}" for c in bed.client.configs.list(filters=label)]
+    left += [f"volume {v.name}" for v in bed.client.volumes.list(filters=label)]
+    with contextlib.suppress(docker.errors.NotFound):
+        left.append(f"volume {bed.client.volumes.get(volume).name}")
+    return left
+
+
+def test_the_stack_file_deploys_receiver_and_nginx(bed: SwarmBed, images: Images, unique: str, tmp_path: Path) -> None:
+    cli = docker_cli()
+    repo = f"acme/{unique}"
+    bed.make_image(repo, "1.0.0")
+    new = bed.make_image(repo, "1.1.0")
+    bed.create_service(unique, f"{bed.registry}/{repo}:1.0.0", replicas=1)
+
+    files = tmp_path / "files"
+    files.mkdir(mode=0o755)
+    rules = files / "deploy_rules.yaml"
+    rules.write_text(proxy_rules(bed, repo, unique, images))
+    nginx_conf = files / "nginx.conf"
+    render = subprocess.run(
+        [sys.executable, "-m", "webhook_server", "render-nginx", "--rules", str(rules), "--out", str(nginx_conf)],
+        capture_output=True,
+        text=True,
+    )
+    assert render.returncode == 0, render.stderr
+    letsencrypt, acme = files / "letsencrypt", files / "acme"
+    ca, _ = self_signed(letsencrypt / "live" / HOOKS, [HOOKS])
+    acme.mkdir()
+
+    name = f"{unique}s"
+    secrets = {
+        "WEBHOOK_TOKEN_SECRET": bed.client.secrets.create(name=f"{name}_hook", data=WEBHOOK_TOKEN.encode()),
+        "WEBHOOK_API_TOKEN_SECRET": bed.client.secrets.create(name=f"{name}_api", data=API_TOKEN.encode()),
+    }
+    (tmp_path / "docker-config").mkdir()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "DOCKER_HOST": bed.docker_host,
+        "DOCKER_CONFIG": str(tmp_path / "docker-config"),  # not this host's logins
+        "WEBHOOK_IMAGE": images.receiver,
+        "NGINX_IMAGE": images.nginx,
+        "WEBHOOK_RULES_FILE": str(rules),
+        "WEBHOOK_RULES_VERSION": unique,
+        "NGINX_CONF": str(nginx_conf),
+        "NGINX_CONF_VERSION": unique,
+        "LETSENCRYPT_DIR": str(letsencrypt),
+        "ACME_WEBROOT": str(acme),
+        "DOCKER_SOCKET": str(bed.root / "docker.sock"),
+        # Host-mode ports: nothing forwards them on this bed (no iptables); free ones keep them apart.
+        "HTTP_PORT": str(free_port()),
+        "HTTPS_PORT": str(free_port()),
+        **{var: secret.name for var, secret in secrets.items()},
+    }
+    try:
+        deployed = subprocess.run(
+            [cli, "stack", "deploy", "-c", str(STACK_FILE), name], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+
+        receiver = healthy_container(bed, f"{name}_webhook")
+        assert_unprivileged(receiver, socket_gid(bed))
+        nginx_container = wait_for(
+            lambda: (c := service_containers(bed, f"{name}_nginx")) and c[0],
+            timeout=60,
+            interval=0.5,
+            what="nginx's container",
+        )
+        client = StackClient(nginx_container, ca)
+        # nginx answers /healthz from the receiver: the config, the certificate, the overlay network and
+        # Docker's DNS for the service name all work.
+        try:
+            wait_for(lambda: client.answers("/healthz"), timeout=60, interval=0.5, what="nginx to reach the receiver")
+        except TimeoutError as e:
+            tail = nginx_container.logs(tail=20).decode(errors="replace")
+            raise AssertionError(f"{e}; last answer: {client.last}; nginx's log:\n{tail}") from None
+
+        status, body = client.request(
+            "POST", f"/hooks/dockerhub/{WEBHOOK_TOKEN}", json_body=documented_payload(repo, "1.1.0")
+        )
+        assert status == 202, body
+        dep_id = json.loads(body)["deployments"][0]["id"]
+        headers = {"Authorization": f"Bearer {API_TOKEN}"}
+
+        def finished() -> dict[str, Any] | None:
+            status, body = client.request("GET", f"/api/deployments/{dep_id}", headers=headers)
+            dep: dict[str, Any] = json.loads(body)
+            return dep if status == 200 and dep["state"] not in ("queued", "running") else None
+
+        dep = wait_for(finished, timeout=120, interval=0.5, what="the deployment")
+        assert dep["state"] == "succeeded", dep
+        assert_all_tasks_run(bed, unique, f"{new}@{bed.registry_digest(new)}", replicas=1)
+        # The receiver believed nginx's X-Forwarded-For (PROXY_SUBNET): the push came from nginx's loopback.
+        logs = receiver.logs().decode(errors="replace")
+        assert f"push {repo}:1.1.0 from 127.0.0.1 accepted" in logs, logs[-2000:]
+        history = exec_cli(receiver, "history", "--service", unique)
+        assert any(unique in line and "succeeded" in line for line in history.splitlines()), history
+        # The stack's rules are a Swarm config, which never changes in a running task (a new version is a
+        # new task); SIGHUP still renews the workers, which keep serving through nginx as the same user.
+        sighup(receiver, socket_gid(bed))
+        assert client.request("GET", "/readyz")[0] == 200
+    finally:
+        left = remove_stack(bed, cli, env, name)
+        for secret in secrets.values():
+            with contextlib.suppress(docker.errors.NotFound):
+                secret.remove()
+    assert not left, f"the stack left these behind: {left}"
