@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.bed import RootfsUnavailable, SwarmBed, bed_required
+from tests.images import BuildFailed, Images, build_images
 from tests.server import Server, server_env, start_server
 
 ServerFactory = Callable[..., Server]
@@ -29,3 +31,16 @@ def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def images(swarm_bed: SwarmBed, tmp_path_factory: pytest.TempPathFactory) -> Images:
+    """The receiver built from the Dockerfile (once per session: the build is the slow part), and nginx."""
+    try:
+        return build_images(swarm_bed, tmp_path_factory.mktemp("receiver-image"))
+    except RootfsUnavailable as e:
+        if bed_required():
+            pytest.fail(f"cannot make the base image: {e}")
+        pytest.skip(f"cannot make the base image: {e}")
+    except BuildFailed as e:
+        pytest.fail(str(e))

@@ -1,8 +1,6 @@
 """The shipped Dockerfile and deploy/stack.yml, built and deployed for real on the Swarm bed.
 
-The base is Debian bookworm from debootstrap (Python 3.11 and, for the stack's nginx, nginx-light),
-docker-imported, since nothing can be pulled from Docker Hub here. The image is built once for the module;
-the build installs the package from PyPI with the host's CA bundle.
+The image is built once per session (``tests/images.py``, the ``images`` fixture).
 
 The bed's dockerd runs without iptables, so no published port forwards anything: the service made as the
 Dockerfile's comment says uses the host network on 127.0.0.1, and the stack (whose receiver publishes no
@@ -18,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,84 +26,18 @@ import requests
 from docker.models.containers import Container
 from docker.types import Mount, SecretReference
 
-from tests.bed import RootfsUnavailable, SwarmBed, bed_required, debootstrap, free_port, wait_for
+from tests.bed import SwarmBed, bed_required, free_port, wait_for
 from tests.e2e.test_rollout import assert_all_tasks_run, rules_for
-from tests.nginx_bed import parse_nginx_v, self_signed
+from tests.images import Images
+from tests.nginx_bed import self_signed
 from tests.server import API_TOKEN, WEBHOOK_TOKEN, documented_payload
 
 pytestmark = pytest.mark.swarm
 
 REPO = Path(__file__).resolve().parents[2]
 STACK_FILE = REPO / "deploy" / "stack.yml"
-CONTEXT_FILES = (
-    "Dockerfile",
-    ".dockerignore",
-    "pyproject.toml",
-    "README.md",
-    "deploy_rules.yaml",
-    "deploy/entrypoint.sh",
-)
 APP_UID = 10001  # the Dockerfile's default APP_UID
 HOOKS = "hooks.test"
-
-
-@dataclass(frozen=True)
-class Images:
-    receiver: str
-    nginx: str
-    nginx_version: str
-    openssl_version: str
-
-
-@pytest.fixture(scope="module")
-def images(swarm_bed: SwarmBed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
-    """The receiver built from the Dockerfile on a bookworm base, and bookworm's nginx as the stack's nginx."""
-    root = tmp_path_factory.mktemp("receiver-image")
-    try:
-        rootfs = debootstrap(
-            root / "rootfs", suite="bookworm", include="python3,python3-venv,ca-certificates,nginx-light"
-        )
-    except RootfsUnavailable as e:
-        if bed_required():
-            pytest.fail(f"cannot make the base image: {e}")
-        pytest.skip(f"cannot make the base image: {e}")
-    nginx_v = subprocess.run(["chroot", str(rootfs), "nginx", "-V"], capture_output=True, text=True, check=True)
-    build = parse_nginx_v(nginx_v.stderr)
-    tarball = root / "rootfs.tar"
-    subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], check=True)
-    shutil.rmtree(rootfs)
-    base = swarm_bed.import_rootfs(tarball, f"{swarm_bed.registry}/base/python3:bookworm")
-    nginx = swarm_bed.import_rootfs(
-        tarball, f"{swarm_bed.registry}/base/nginx:bookworm", changes=['CMD ["nginx", "-g", "daemon off;"]']
-    )
-    tarball.unlink()
-
-    context = root / "context"
-    context.mkdir()
-    for name in CONTEXT_FILES:
-        (context / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, context / name)
-    shutil.copytree(REPO / "webhook_server", context / "webhook_server", ignore=shutil.ignore_patterns("__pycache__"))
-    ca_bundle = Path(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt")
-    args = {"BASE": base}
-    if ca_bundle.exists():
-        shutil.copy(ca_bundle, context / "build-ca.pem")
-        args["PIP_CERT"] = "/app/build-ca.pem"
-    tag = f"{swarm_bed.registry}/acme/webhook-server:test"
-    try:
-        swarm_bed.client.images.build(
-            path=str(context), tag=tag, buildargs=args, network_mode="host", rm=True, forcerm=True
-        )
-    except docker.errors.BuildError as e:
-        output = "".join(str(line.get("stream", line.get("error", ""))) for line in e.build_log)
-        pytest.fail(f"docker build failed: {e.msg}\n{output[-3000:]}")
-    swarm_bed.push(tag.rpartition(":")[0], "test")
-    yield Images(
-        receiver=tag,
-        nginx=nginx,
-        nginx_version=".".join(map(str, build.nginx)),
-        openssl_version=".".join(map(str, build.openssl)),
-    )
 
 
 # ---- looking into the task containers ------------------------------------------------------------

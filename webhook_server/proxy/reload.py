@@ -233,7 +233,7 @@ def reload_by_signal(swarm: NginxSwarm, service: str, *, job: NodeJob | None = N
     _signal_local(swarm, service, plan, report)
     if job is not None:
         done = _on_other_nodes(swarm, service, plan, job=job, local_node_id=local_node_id, check_only=False)
-        report.other_nodes = [r.node for r in done]
+        report.other_nodes = sorted(r.node for r in done)
     elif plan.force_update:
         # Not validated here (exec reaches only this node's containers): Swarm's update config and health
         # checks guard it, and a new task that fails to start is rolled back.
