@@ -138,7 +138,7 @@ def test_a_rolled_back_rollout_is_notified_once_with_swarms_reason(
     assert dep.state == "rolled_back", dep
     assert CRASH_ERROR in (dep.message or "")
     assert got.path == f"/hooks/{SECRET}"
-    assert got.body["title"] == f"{unique}: rolled_back (1.0.1)"
+    assert got.body["title"] == f"{unique}: rolled_back (1.0.3)"
     message = got.body["message"]
     assert message.startswith(f"{unique} rolled_back: ")
     assert " → " in message and "1.0.0 (sha256:" in message and "1.0.1 (sha256:" in message
@@ -221,8 +221,14 @@ def test_through_the_server_a_rollback_is_notified_and_counted_across_workers(
     bed: SwarmBed, unique: str, make_server: ServerFactory
 ) -> None:
     """The real server (gunicorn, two workers): the global notification URL from the environment, the outcome
-    in the API with its notification, and /metrics summing what every worker counted."""
-    repo = crashing_service(bed, unique)
+    in the API with its notification, and /metrics summing what every worker counted: two succeeded
+    rollouts and one rolled back."""
+    repo = f"acme/{unique}"
+    good = bed.make_image(repo, "1.0.0")
+    bed.make_image(repo, "1.0.1")
+    bed.make_image(repo, "1.0.2")
+    bed.make_image(repo, "1.0.3", kind="crash")
+    bed.create_service(unique, f"{good}@{bed.registry_digest(good)}", replicas=1)
     with notify_sink() as sink:
         server = make_server(
             rules_for(bed, repo, unique),
@@ -230,7 +236,10 @@ def test_through_the_server_a_rollback_is_notified_and_counted_across_workers(
             env={"WEBHOOK_NOTIFY_URLS": f"# ops channel\n{sink.url(f'hooks/{SECRET}')}"},
         )
         assert server.hook(documented_payload("acme/nobody-wants-this", "1.0.0")).status_code == 200
-        dep = server.wait_done(server.hook(documented_payload(repo, "1.0.1")).json()["deployments"][0]["id"])
+        for tag in ("1.0.1", "1.0.2"):
+            done = server.wait_done(server.hook(documented_payload(repo, tag)).json()["deployments"][0]["id"])
+            assert done["state"] == "succeeded", done
+        dep = server.wait_done(server.hook(documented_payload(repo, "1.0.3")).json()["deployments"][0]["id"])
         [got] = sink.wait(1)
         shown = wait_for(
             lambda: server.deployment(dep["id"]) if server.deployment(dep["id"])["notifications"] else None,
@@ -240,15 +249,18 @@ def test_through_the_server_a_rollback_is_notified_and_counted_across_workers(
         )
 
     assert dep["state"] == "rolled_back", dep
-    assert got.body["title"] == f"{unique}: rolled_back (1.0.1)"
+    assert got.body["title"] == f"{unique}: rolled_back (1.0.3)"
     assert CRASH_ERROR in got.body["message"]
     [record] = shown["notifications"]
     assert (record["outcome"], record["target"]) == ("sent", f"json://127.0.0.1:{sink.port}/…")
     # Several scrapes land on different workers; each answer is the sum over both.
     for _ in range(4):
         found = scrape(server)
-        assert found[("webhook_server_webhooks_received_total", (("result", "accepted"),))] == 1
+        assert found[("webhook_server_webhooks_received_total", (("result", "accepted"),))] == 3
         assert found[("webhook_server_webhooks_received_total", (("result", "ignored"),))] == 1
-        key = ("webhook_server_deployments_finished_total", (("service", unique), ("state", "rolled_back")))
-        assert found[key] == 1
+        finished = "webhook_server_deployments_finished_total"
+        assert found[(finished, (("service", unique), ("state", "succeeded")))] == 2
+        assert found[(finished, (("service", unique), ("state", "rolled_back")))] == 1
+        assert found[("webhook_server_rollout_duration_seconds_count", (("service", unique),))] == 3
+        assert found[("webhook_server_last_success_timestamp_seconds", (("service", unique),))] > 0
     assert SECRET not in server.log_text()
