@@ -46,8 +46,23 @@ class TrustedProxyFix:
             return self._plain(environ, start_response)
         if any(peer in net for net in self._networks):
             environ[TRUSTED_PROXY_KEY] = True
+            if not _forwarded_address_ok(environ.get("HTTP_X_FORWARDED_FOR")):
+                # A trusted proxy that forwards garbage is misconfigured: keep its own address, not the text.
+                log.warning("ignoring X-Forwarded-For from %s: not an address", peer)
+                return self._plain(environ, start_response)
             return self._fixed(environ, start_response)
         return self._plain(environ, start_response)
+
+
+def _forwarded_address_ok(header: str | None) -> bool:
+    """ProxyFix takes the last X-Forwarded-For entry (the one our proxy added); it must be an address."""
+    if not header:
+        return True
+    try:
+        ipaddress.ip_address(header.split(",")[-1].strip())
+    except ValueError:
+        return False
+    return True
 
 
 def create_app(

@@ -7,16 +7,43 @@ fields are ignored so that new ones never break deliveries.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from webhook_server import problems
 from webhook_server.errors import BadRequest
 from webhook_server.rules import DOCKER_TAG
 
 _TOLERANT = ConfigDict(frozen=True, extra="ignore")
+
+# Docker's reference grammar for a repository path (components of lowercase letters and digits joined by
+# ".", "_", "__" or dashes, separated by "/"), optionally after a registry host; at most 255 characters.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+REPOSITORY = re.compile(rf"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*")
+MAX_REPOSITORY = 255
+MAX_TEXT = 255  # the pusher: a Docker Hub user name, stored and logged
+MAX_URL = 2048
+_URL = re.compile(r"https?://[^\s/?#]+[^\s]*", re.IGNORECASE)
+
+
+def _printable(value: str, *, limit: int) -> str:
+    """Refuse what cannot be stored or logged as it came: control characters, lone surrogates, and text
+    longer than ``limit``. The message never repeats the value."""
+    if len(value) > limit:
+        raise ValueError(f"is too long (at most {limit} characters)")
+    if not value.isprintable():
+        raise ValueError("must not contain control or unpaired surrogate characters")
+    return value
+
+
+def _repository(value: str) -> str:
+    _printable(value, limit=MAX_REPOSITORY)
+    if not REPOSITORY.fullmatch(value.lower()):
+        raise ValueError("not a Docker repository name (such as acme/api)")
+    return value
 
 
 class PushData(BaseModel):
@@ -26,6 +53,11 @@ class PushData(BaseModel):
     pushed_at: datetime | None = None
     pusher: str | None = None
     images: tuple[str, ...] = ()
+
+    @field_validator("pusher")
+    @classmethod
+    def _pusher(cls, value: str | None) -> str | None:
+        return None if value is None else _printable(value, limit=MAX_TEXT)
 
     @field_validator("tag")
     @classmethod
@@ -52,6 +84,11 @@ class Repository(BaseModel):
     namespace: str | None = None
     name: str | None = None
 
+    @field_validator("repo_name", "namespace", "name")
+    @classmethod
+    def _reference(cls, value: str | None) -> str | None:
+        return _repository(value) if value else None
+
     @property
     def full_name(self) -> str | None:
         if self.repo_name:
@@ -66,7 +103,17 @@ class HubPush(BaseModel):
 
     push_data: PushData
     repository: Repository
-    callback_url: str | None = Field(default=None, max_length=2048)
+    callback_url: str | None = None
+
+    @field_validator("callback_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        _printable(value, limit=MAX_URL)
+        if not _URL.fullmatch(value):
+            raise ValueError("not an http(s) URL")
+        return value
 
     @property
     def repo(self) -> str:

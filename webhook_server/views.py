@@ -6,14 +6,15 @@ Errors become HTTP responses in one place, ``register``'s handlers.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import re
 import uuid
 from typing import Any
 
-from flask import Blueprint, Flask, Response, abort, g, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from werkzeug.exceptions import HTTPException
+from flask import Blueprint, Flask, Response, abort, current_app, g, jsonify, request
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.routing import PathConverter
 
 from webhook_server import logs, metrics, problems
@@ -35,6 +36,8 @@ health = Blueprint("health", __name__)
 
 NOT_FOUND_BODY = {"error": "not_found", "message": "not found"}
 WAIT_MARGIN_SECONDS = 30
+# SQLite's integers are 64-bit: a larger id cannot name a deployment.
+MAX_ID = 2**63 - 1
 # What a proxy's request id may be (nginx's $request_id is 32 hex digits); anything else is replaced.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -64,11 +67,33 @@ def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
+def _raw_body() -> bytes:
+    """The request body, at most MAX_CONTENT_LENGTH bytes however it was framed; a body the server cannot
+    read (a broken chunked framing, a client that went away) is the client's error, not ours."""
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    try:
+        if request.content_length is None:
+            # Chunked: no length to refuse up front, and werkzeug's stream would cut the body at the limit
+            # without a word; read the server's own input, one byte past the limit, to tell.
+            data = request.environ["wsgi.input"].read(limit + 1)
+            if len(data) > limit:
+                raise RequestEntityTooLarge()
+            return data
+        return request.get_data(cache=True)
+    except HTTPException:
+        raise
+    except Exception as e:
+        raise BadRequest(f"the request body could not be read ({e.__class__.__name__})") from None
+
+
 def _json_body() -> Any:
-    body = request.get_json(silent=True)
-    if body is None:
-        raise BadRequest("the body must be JSON (Content-Type: application/json)")
-    return body
+    data = _raw_body()
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise BadRequest("the body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the body must be JSON (Content-Type: application/json)") from None
 
 
 def _summary(dep: Deployment) -> dict[str, Any]:
@@ -196,14 +221,15 @@ def create_deployment() -> tuple[Response, int]:
 class RollbackRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    to: int | None = Field(default=None, gt=0)
+    to: StrictInt | None = Field(default=None, gt=0, le=MAX_ID)
 
 
 @api.post("/services/<service>/rollback")
 def rollback_service(service: str) -> tuple[Response, int]:
     ctx = services()
-    body = request.get_json(silent=True) if request.data else {}
-    wanted = _parse(RollbackRequest, body if body is not None else {})
+    # No body means the default target; a body that is not a JSON object is refused, never read as {}.
+    body = _json_body() if _raw_body() else {}
+    wanted = _parse(RollbackRequest, body)
     done = request_rollback(
         journal=ctx.journal,
         swarm=ctx.swarm,
@@ -236,7 +262,7 @@ def list_deployments() -> Response:
     return jsonify(deployments=[_public(d) for d in found])
 
 
-@api.get("/deployments/<int:deployment_id>")
+@api.get(f"/deployments/<int(max={MAX_ID}):deployment_id>")
 def get_deployment(deployment_id: int) -> Response:
     return jsonify(_public(services().journal.get(deployment_id), transitions=True))
 

@@ -116,6 +116,9 @@ def test_repo_name(repository: dict[str, Any], expected: str) -> None:
 
 
 REPO_REQUIRED = "repository.repo_name: is required (or repository.namespace and repository.name)"
+CONTROL = "must not contain control or unpaired surrogate characters"
+NOT_REPO = "not a Docker repository name (such as acme/api)"
+TOO_LONG = "is too long (at most 255 characters)"
 BAD: list[tuple[str, Any, str]] = [
     ("missing-tag", payload(push_data__tag=...), "push_data.tag: is required"),
     ("missing-push-data", payload(push_data=...), "push_data: is required"),
@@ -134,6 +137,25 @@ BAD: list[tuple[str, Any, str]] = [
     ("tag-not-a-string", payload(push_data__tag=5), "push_data.tag: must be a string"),
     ("push-data-not-an-object", payload(push_data="latest"), "push_data: must be a mapping (key: value)"),
     ("repository-not-an-object", payload(repository=["acme/api"]), "repository: must be a mapping (key: value)"),
+    ("repo-name-nul", payload(repository__repo_name="acme/a\x00pi"), "repository.repo_name: " + CONTROL),
+    ("repo-name-newline", payload(repository__repo_name="acme/api\nINFO forged"), "repository.repo_name: " + CONTROL),
+    ("repo-name-surrogate", payload(repository__repo_name="x/\ud800"), "repository.repo_name: " + CONTROL),
+    ("repo-name-grammar", payload(repository__repo_name="acme/-api"), "repository.repo_name: " + NOT_REPO),
+    ("repo-name-space", payload(repository__repo_name="acme/my api"), "repository.repo_name: " + NOT_REPO),
+    ("repo-name-too-long", payload(repository__repo_name="a/" + "b" * 254), "repository.repo_name: " + TOO_LONG),
+    (
+        "namespace-grammar",
+        {"push_data": {"tag": "1"}, "repository": {"namespace": "a c", "name": "w"}},
+        "repository.namespace: " + NOT_REPO,
+    ),
+    ("pusher-surrogate", payload(push_data__pusher="\udfff"), "push_data.pusher: " + CONTROL),
+    (
+        "pusher-huge",
+        payload(push_data__pusher="p" * 1_000_000),
+        "push_data.pusher: is too long (at most 255 characters)",
+    ),
+    ("callback-crlf", payload(callback_url="https://x/\r\nHost: y"), "callback_url: " + CONTROL),
+    ("callback-not-http", payload(callback_url="file:///etc/passwd"), "callback_url: not an http(s) URL"),
     (
         "callback-url-too-long",
         payload(callback_url="https://x/" + "a" * 2048),
