@@ -49,6 +49,9 @@ class Settings(BaseModel):
 
     webhook_token: SecretStr | None = None
     api_token: SecretStr | None = None
+    # During a rotation the old token stays valid beside the new one, until every sender has the new one.
+    webhook_token_previous: SecretStr | None = None
+    api_token_previous: SecretStr | None = None
     rules_path: Path = Path("deploy_rules.yaml")
     # No default here: load_settings supplies default_db_path, which depends on the user and environment.
     db_path: Path
@@ -73,7 +76,7 @@ class Settings(BaseModel):
     # Whether GET /metrics needs the API token (the rendered nginx config never exposes it either way).
     metrics_token_required: bool = False
 
-    @field_validator("webhook_token", "api_token")
+    @field_validator("webhook_token", "api_token", "webhook_token_previous", "api_token_previous")
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < MIN_TOKEN_LENGTH:
@@ -88,13 +91,23 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _distinct_tokens(self) -> Settings:
-        hook, api = self.webhook_token, self.api_token
-        if hook is not None and api is not None and hook.get_secret_value() == api.get_secret_value():
+        if set(self.webhook_tokens()) & set(self.api_tokens()):
             raise ValueError(
                 "WEBHOOK_TOKEN and WEBHOOK_API_TOKEN are the same; the webhook token travels in URLs that "
                 "Docker Hub and proxies may log, so the API token must be a different secret"
             )
+        if self.webhook_token_previous is not None and self.webhook_token is None:
+            raise ValueError("WEBHOOK_TOKEN_PREVIOUS is set without WEBHOOK_TOKEN (the new token)")
+        if self.api_token_previous is not None and self.api_token is None:
+            raise ValueError("WEBHOOK_API_TOKEN_PREVIOUS is set without WEBHOOK_API_TOKEN (the new token)")
         return self
+
+    def webhook_tokens(self) -> list[str]:
+        """Every webhook token accepted now: the current one and, during a rotation, the previous one."""
+        return [t.get_secret_value() for t in (self.webhook_token, self.webhook_token_previous) if t is not None]
+
+    def api_tokens(self) -> list[str]:
+        return [t.get_secret_value() for t in (self.api_token, self.api_token_previous) if t is not None]
 
     @field_validator("notify_urls", mode="before")
     @classmethod
@@ -120,7 +133,7 @@ class Settings(BaseModel):
 
     def secrets(self) -> list[str]:
         """Secret values, for the log filter that keeps them out of every log line."""
-        return [s.get_secret_value() for s in (self.webhook_token, self.api_token, *self.notify_urls) if s is not None]
+        return [*self.webhook_tokens(), *self.api_tokens(), *self.notify_url_values()]
 
     def notify_url_values(self) -> list[str]:
         return [url.get_secret_value() for url in self.notify_urls]
@@ -129,6 +142,8 @@ class Settings(BaseModel):
 _ENV = {
     "webhook_token": "WEBHOOK_TOKEN",
     "api_token": "WEBHOOK_API_TOKEN",
+    "webhook_token_previous": "WEBHOOK_TOKEN_PREVIOUS",
+    "api_token_previous": "WEBHOOK_API_TOKEN_PREVIOUS",
     "rules_path": "WEBHOOK_RULES",
     "db_path": "WEBHOOK_DB",
     "log_level": "WEBHOOK_LOG_LEVEL",
@@ -143,7 +158,7 @@ _ENV = {
     "notify_timeout": "WEBHOOK_NOTIFY_TIMEOUT",
     "metrics_token_required": "WEBHOOK_METRICS_TOKEN_REQUIRED",
 }
-_SECRETS = {"webhook_token", "api_token", "notify_urls"}
+_SECRETS = {"webhook_token", "api_token", "webhook_token_previous", "api_token_previous", "notify_urls"}
 
 
 def parse_url_list(text: str) -> list[str]:

@@ -254,3 +254,39 @@ def test_bad_notification_settings_are_one_line_naming_the_variable() -> None:
         load_settings(env={"WEBHOOK_NOTIFY_QUEUE": "0"})
     with pytest.raises(ConfigError, match="WEBHOOK_METRICS_TOKEN_REQUIRED"):
         load_settings(env={"WEBHOOK_METRICS_TOKEN_REQUIRED": "perhaps"})
+
+
+def test_a_rotation_accepts_the_previous_token_beside_the_new_one() -> None:
+    settings = load_settings(
+        env={
+            "WEBHOOK_TOKEN": "new-hook-token-0123456789",
+            "WEBHOOK_TOKEN_PREVIOUS": "old-hook-token-0123456789",
+            "WEBHOOK_API_TOKEN": "new-api-token-abcdefghijk",
+        }
+    )
+    assert settings.webhook_tokens() == ["new-hook-token-0123456789", "old-hook-token-0123456789"]
+    assert settings.api_tokens() == ["new-api-token-abcdefghijk"]
+    assert "old-hook-token-0123456789" in settings.secrets()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"WEBHOOK_TOKEN_PREVIOUS": "old-hook-token-0123456789"},
+            "WEBHOOK_TOKEN_PREVIOUS is set without WEBHOOK_TOKEN",
+        ),
+        (
+            {
+                "WEBHOOK_TOKEN": "new-hook-token-0123456789",
+                "WEBHOOK_API_TOKEN": "new-api-token-abcdefghijk",
+                "WEBHOOK_API_TOKEN_PREVIOUS": "new-hook-token-0123456789",
+            },
+            "are the same",
+        ),
+        ({"WEBHOOK_TOKEN": "new-hook-token-0123456789", "WEBHOOK_TOKEN_PREVIOUS": "short"}, "at least"),
+    ],
+)
+def test_rotation_mistakes_are_one_line(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env=env)

@@ -542,3 +542,14 @@ def test_services_lists_every_rule_with_what_it_runs(client: FlaskClient) -> Non
     assert set(found) == {"api", "worker", "web"}
     assert found["api"]["image"] == "reg:5000/acme/api:1.0.0"
     assert found["api"]["last"] is None and found["api"]["queued"] == [] and found["api"]["in_progress"] is None
+
+
+def test_during_a_rotation_both_tokens_work(tmp_path: Path, swarm: FakeSwarm, rules_path: Path) -> None:
+    old_hook, old_api = "old-hook-token-0123456789", "old-api-token-abcdefghijk"
+    settings = settings_for(tmp_path, rules_path, WEBHOOK_TOKEN_PREVIOUS=old_hook, WEBHOOK_API_TOKEN_PREVIOUS=old_api)
+    client = create_app(settings, swarm=swarm, rules=RulesSource(rules_path)).test_client()
+    for token in (WEBHOOK_TOKEN, old_hook):
+        assert client.post(f"/hooks/dockerhub/{token}", json=documented_payload("acme/nobody", "1")).status_code == 200
+    assert client.post("/hooks/dockerhub/other-token-0123456789", json={}).status_code == 404
+    for token in (API_TOKEN, old_api):
+        assert client.get("/api/deployments", headers={"Authorization": f"Bearer {token}"}).status_code == 200
