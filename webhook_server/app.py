@@ -17,6 +17,7 @@ from webhook_server.cluster import Swarm
 from webhook_server.context import EXTENSION, SERVICE_CHECK_SECONDS, TRUSTED_PROXY_KEY, Cached, Services
 from webhook_server.executor import Executor, ExecutorLock, lock_path, run_when_elected
 from webhook_server.journal import Journal
+from webhook_server.limits import Limit, Limiter, limits_path
 from webhook_server.notify import Notifier
 from webhook_server.operations import open_journal
 from webhook_server.rules import RuleSet, RulesSource
@@ -25,6 +26,7 @@ from webhook_server.settings import Settings
 log = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+AUTH_FAILURE_WINDOW_SECONDS = 600
 
 
 class TrustedProxyFix:
@@ -110,6 +112,11 @@ def create_app(
         executor=executor,
         notifier=notifier,
         service_names=Cached(swarm.service_names, seconds=SERVICE_CHECK_SECONDS),
+        limiter=Limiter(
+            limits_path(settings.db_path),
+            requests=Limit(settings.rate_limit, 60),
+            auth_failures=Limit(settings.auth_failure_limit, AUTH_FAILURE_WINDOW_SECONDS),
+        ),
     )
     app.extensions[EXTENSION] = ctx
     if settings.trusted_proxies:

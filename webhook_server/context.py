@@ -17,6 +17,7 @@ from flask import Flask, current_app
 from webhook_server.cluster import Swarm
 from webhook_server.executor import Executor
 from webhook_server.journal import Journal
+from webhook_server.limits import Limiter
 from webhook_server.notify import Notifier
 from webhook_server.rules import RulesSource
 from webhook_server.settings import Settings
@@ -62,6 +63,7 @@ class Services:
     swarm: Swarm
     executor: Executor
     service_names: Cached[set[str]]
+    limiter: Limiter
     notifier: Notifier | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     executor_thread: threading.Thread | None = None

@@ -46,6 +46,17 @@ class Unauthorized(WebhookError):
     code = "unauthorized"
 
 
+class TooManyRequests(WebhookError):
+    """A client over its request rate or failed-token limit; ``retry_after`` seconds until it may again."""
+
+    http_status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class NotFound(WebhookError):
     http_status = 404
     code = "not_found"

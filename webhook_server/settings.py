@@ -67,6 +67,9 @@ class Settings(BaseModel):
     # Proxies whose X-Forwarded-* headers are believed; from anyone else they are ignored.
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Per client address, across every worker; 0 turns a limit off. Health probes do not count.
+    rate_limit: int = Field(default=300, ge=0)  # requests a minute
+    auth_failure_limit: int = Field(default=10, ge=0)  # wrong tokens in ten minutes
     # Where every service's outcomes are sent (apprise URLs); rules add their own with notify:.
     notify_urls: tuple[SecretStr, ...] = ()
     # Outcomes waiting to be sent; past this, new ones are dropped (and recorded) rather than block a rollout.
@@ -153,6 +156,8 @@ _ENV = {
     "docker_timeout": "WEBHOOK_DOCKER_TIMEOUT",
     "trusted_proxies": "WEBHOOK_TRUSTED_PROXIES",
     "max_body_bytes": "WEBHOOK_MAX_BODY_BYTES",
+    "rate_limit": "WEBHOOK_RATE_LIMIT",
+    "auth_failure_limit": "WEBHOOK_AUTH_FAILURE_LIMIT",
     "notify_urls": "WEBHOOK_NOTIFY_URLS",
     "notify_queue": "WEBHOOK_NOTIFY_QUEUE",
     "notify_timeout": "WEBHOOK_NOTIFY_TIMEOUT",

@@ -20,7 +20,7 @@ from werkzeug.routing import PathConverter
 from webhook_server import logs, metrics, problems
 from webhook_server.context import TRUSTED_PROXY_KEY, services
 from webhook_server.dockerhub import parse_push
-from webhook_server.errors import BadRequest, DockerError, Unauthorized, WebhookError
+from webhook_server.errors import BadRequest, DockerError, TooManyRequests, Unauthorized, WebhookError
 from webhook_server.journal import Deployment, PushRecord
 from webhook_server.logs import printable, redact
 from webhook_server.matching import Ignored, plan_push
@@ -69,6 +69,21 @@ def _matches(given: str, accepted: list[str]) -> bool:
     for token in accepted:
         found |= hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode("utf-8"))
     return found
+
+
+def _client_key() -> str:
+    return request.remote_addr or "unknown"
+
+
+def _not_locked_out() -> None:
+    """Too many wrong tokens from this client lately: refuse before comparing, so guessing stops."""
+    verdict = services().limiter.check(_client_key(), "auth")
+    if not verdict.allowed:
+        raise TooManyRequests("too many failed token attempts; try again later", retry_after=verdict.retry_after)
+
+
+def _failed_token() -> None:
+    services().limiter.hit(_client_key(), "auth")
 
 
 def _raw_body() -> bytes:
@@ -122,7 +137,9 @@ class TokenConverter(PathConverter):
 @hooks.post("/hooks/dockerhub/<token:token>", merge_slashes=False)
 def dockerhub(token: str) -> tuple[Response, int]:
     ctx = services()
+    _not_locked_out()
     if not _matches(token, ctx.settings.webhook_tokens()):
+        _failed_token()
         _reject("wrong webhook token")
         abort(404)  # exactly what any unknown URL gets: a wrong token reveals nothing
     push = parse_push(_json_body())
@@ -167,7 +184,9 @@ def _authenticate() -> None:
 def _require_api_token() -> None:
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
+    _not_locked_out()
     if scheme.lower() != "bearer" or not _matches(given.strip(), services().settings.api_tokens()):
+        _failed_token()
         _reject("missing or wrong API token")
         raise Unauthorized("a valid 'Authorization: Bearer <api token>' header is required")
 
@@ -329,6 +348,8 @@ def register(app: Flask) -> None:
         response = jsonify(error=e.code, message=e.message)
         if isinstance(e, Unauthorized):
             response.headers["WWW-Authenticate"] = "Bearer"
+        if isinstance(e, TooManyRequests):
+            response.headers["Retry-After"] = str(e.retry_after)
         return response, e.http_status
 
     @app.errorhandler(HTTPException)
@@ -351,6 +372,14 @@ def register(app: Flask) -> None:
         g.request_id = _request_id()
         g.log_context = logs.context(request_id=g.request_id)
         g.log_context.__enter__()
+
+    @app.before_request
+    def _rate_limit() -> None:
+        if request.blueprint == health.name:
+            return  # probes and scrapes come from the platform, often and on purpose
+        verdict = services().limiter.hit(_client_key(), "request")
+        if not verdict.allowed:
+            raise TooManyRequests("too many requests from this address", retry_after=verdict.retry_after)
 
     @app.teardown_request
     def _end_request_context(_error: BaseException | None) -> None:

@@ -154,3 +154,35 @@ def test_a_trusted_proxys_forwarded_for_that_is_not_an_address_is_not_stored(ser
     answer = server.hook(documented_payload("acme/nobody", "1.0.1"), headers={"X-Forwarded-For": "203.0.113.9"})
     [(client,)] = journal_rows(server, "SELECT client FROM pushes ORDER BY id DESC LIMIT 1")
     assert client == "203.0.113.9"
+
+
+def test_limits_hold_across_workers_on_the_real_client_address(tmp_path: Path) -> None:
+    rules = tmp_path / "deploy_rules.yaml"
+    rules.write_text(RULES)
+    env = server_env(
+        tmp_path,
+        docker_host=f"unix://{tmp_path / 'no-docker.sock'}",
+        rules=rules,
+        extra={"WEBHOOK_TRUSTED_PROXIES": "127.0.0.1", "WEBHOOK_RATE_LIMIT": "40", "WEBHOOK_AUTH_FAILURE_LIMIT": "5"},
+    )
+    server = start_server(tmp_path, env=env, workers=2)
+    try:
+        guesses = [server.hook({}, token=f"guess-{i}-0123456789abcdef").status_code for i in range(5)]
+        assert guesses == [404] * 5
+        locked = server.hook(documented_payload("acme/nobody", "1.0.0"))  # the right token, too late
+        assert locked.status_code == 429 and 1 <= int(locked.headers["Retry-After"]) <= 600
+        # Behind the trusted proxy, another client is another address.
+        elsewhere = server.hook(documented_payload("acme/nobody", "1.0.0"), headers={"X-Forwarded-For": "198.51.100.4"})
+        assert elsewhere.status_code == 200
+        # Request rate: 40 a minute from one address, whichever worker answers; probes are not counted.
+        allowed = 0
+        while (
+            answer := server.api("GET", "/deployments", headers={"X-Forwarded-For": "198.51.100.5"})
+        ).status_code == 200:
+            allowed += 1
+            assert allowed <= 80, "no limit"
+        assert answer.status_code == 429 and answer.headers["Retry-After"].isdigit()
+        assert 40 <= allowed <= 80  # 40 in a window; a minute that turns during the loop allows one more window
+        assert server.session.get(f"{server.url}/healthz", timeout=10).status_code == 200
+    finally:
+        server.stop()

@@ -1,0 +1,111 @@
+"""Per-client limits, shared by every gunicorn worker: requests per minute, and failed token attempts.
+
+Counters are fixed windows in a small SQLite file beside the journal (its own file: losing them in a crash
+costs nothing, so they are written without waiting for the disk, and never slow the journal's writes). A
+client is the address the request came from, after the trusted-proxy setting.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Kind = Literal["request", "auth"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS hits (
+    client TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    window INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (client, kind, window)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class Limit:
+    count: int  # at most this many per window; 0 turns the limit off
+    seconds: int  # the window's length
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    retry_after: int = 0  # seconds until the window ends, when not allowed
+
+
+class Limiter:
+    def __init__(
+        self, path: Path, *, requests: Limit, auth_failures: Limit, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._path = path
+        self._limits: dict[Kind, Limit] = {"request": requests, "auth": auth_failures}
+        self._clock = clock
+        self._local = threading.local()
+        self._pruned = 0.0
+        with self._connect() as conn:
+            conn.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self._path, timeout=5, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=OFF")
+            self._local.conn = conn
+        return conn
+
+    def _window(self, kind: Kind) -> tuple[int, int]:
+        """(the current window's number, seconds until it ends)."""
+        seconds = self._limits[kind].seconds
+        now = self._clock()
+        window = int(now // seconds)
+        return window, max(1, int((window + 1) * seconds - now + 0.999))
+
+    def hit(self, client: str, kind: Kind) -> Verdict:
+        """Count one event for ``client``; refused once the window's count passes the limit."""
+        limit = self._limits[kind]
+        if limit.count <= 0:
+            return Verdict(True)
+        window, left = self._window(kind)
+        conn = self._connect()
+        row = conn.execute(
+            "INSERT INTO hits (client, kind, window, count) VALUES (?, ?, ?, 1)"
+            " ON CONFLICT (client, kind, window) DO UPDATE SET count = count + 1 RETURNING count",
+            (client, kind, window),
+        ).fetchone()
+        self._prune()
+        return Verdict(True) if row[0] <= limit.count else Verdict(False, left)
+
+    def check(self, client: str, kind: Kind) -> Verdict:
+        """Whether ``client`` is over the limit now, without counting (failed attempts are counted after)."""
+        limit = self._limits[kind]
+        if limit.count <= 0:
+            return Verdict(True)
+        window, left = self._window(kind)
+        row = (
+            self._connect()
+            .execute("SELECT count FROM hits WHERE client = ? AND kind = ? AND window = ?", (client, kind, window))
+            .fetchone()
+        )
+        return Verdict(False, left) if row is not None and row[0] >= limit.count else Verdict(True)
+
+    def _prune(self) -> None:
+        # Old windows are dead weight; clearing them once a minute keeps the file small.
+        now = self._clock()
+        if now - self._pruned < 60:
+            return
+        self._pruned = now
+        conn = self._connect()
+        for kind in self._limits:
+            conn.execute("DELETE FROM hits WHERE kind = ? AND window < ?", (kind, self._window(kind)[0] - 1))
+
+
+def limits_path(journal_path: Path) -> Path:
+    return journal_path.with_name(journal_path.name + ".limits")
