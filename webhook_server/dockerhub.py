@@ -26,7 +26,7 @@ REPOSITORY = re.compile(rf"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COM
 MAX_REPOSITORY = 255
 MAX_TEXT = 255  # the pusher: a Docker Hub user name, stored and logged
 MAX_URL = 2048
-_URL = re.compile(r"https?://[^\s/?#]+[^\s]*", re.IGNORECASE)
+_URL = re.compile(r"https?://[!-~]+", re.IGNORECASE)  # printable ASCII, no spaces: what the document says
 
 
 def _printable(value: str, *, limit: int) -> str:

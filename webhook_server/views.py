@@ -5,13 +5,16 @@ Errors become HTTP responses in one place, ``register``'s handlers.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
 import re
 import uuid
+from pathlib import Path
 from typing import Any
 
+import yaml
 from flask import Blueprint, Flask, Response, abort, current_app, g, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -289,6 +292,19 @@ def get_deployment(deployment_id: int) -> Response:
 
 
 # ---- health ----------------------------------------------------------------------------------
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    """The HTTP API's contract (``openapi.yaml`` beside this module); a test holds the routes to it."""
+    text = (Path(__file__).parent / "openapi.yaml").read_text(encoding="utf-8")
+    document: dict[str, Any] = yaml.safe_load(text)
+    return document
+
+
+@health.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(openapi_document())
+
+
 @health.get("/healthz")
 def healthz() -> Response:
     return jsonify(status="ok")
