@@ -119,7 +119,8 @@ def job_image(mbed: MultiNodeBed, swarm_bed: SwarmBed, images: Images) -> str:
 @pytest.fixture
 def nginx_everywhere(mbed: MultiNodeBed, job_image: str, unique: str) -> Iterator[tuple[str, Path, Path]]:
     """A global nginx on every node's host network; each node reads its own config directory (a Swarm
-    template in the mount), all share one certificate directory. Yields (service, certs, configs)."""
+    template in the mount), all share one certificate directory. Yields (service, certs, configs) once every
+    node serves."""
     root = mbed.root / f"nginx-{unique}"
     certs, configs = root / "certs", root / "conf"
     self_signed(certs, ["site.test"])
@@ -141,6 +142,8 @@ def nginx_everywhere(mbed: MultiNodeBed, job_image: str, unique: str) -> Iterato
         ],
         stop_grace_period=1_000_000_000,
     )
+    first = serial_of(certs / "fullchain.pem")
+    wait_for(lambda: serving(mbed, first), timeout=180, interval=0.5, what="nginx serving on every node")
     yield name, certs, configs
     mbed.client.services.get(name).remove()
 
@@ -185,8 +188,6 @@ def test_a_renewed_certificate_reaches_every_nodes_nginx_without_a_failed_reques
     mbed: MultiNodeBed, nginx_everywhere: tuple[str, Path, Path], job_image: str, tmp_path: Path
 ) -> None:
     service, certs, _ = nginx_everywhere
-    first = serial_of(certs / "fullchain.pem")
-    wait_for(lambda: serving(mbed, first), timeout=180, interval=0.5, what="nginx serving on every node")
     before = containers(mbed, service)
     pollers = [Poller(node.address) for node in mbed.nodes]
     for poller in pollers:
@@ -225,7 +226,6 @@ def test_a_check_failing_on_another_node_reloads_nothing_anywhere(
 ) -> None:
     service, certs, configs = nginx_everywhere
     first = serial_of(certs / "fullchain.pem")
-    wait_for(lambda: serving(mbed, first), timeout=180, interval=0.5, what="nginx serving on every node")
     broken = mbed.nodes[2]
     (configs / broken.name / "nginx.conf").write_text(NGINX_CONF.replace("access_log off;", "acess_log off;"))
     renew(certs, tmp_path / "renewal")
