@@ -11,6 +11,7 @@ Swarm template naming each node's socket. Clients poll every node over TLS throu
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import ssl
 import subprocess
@@ -106,9 +107,10 @@ def renew(certs: Path, work: Path) -> int:
     return serial_of(certs / "fullchain.pem")
 
 
-@pytest.fixture
-def job_image(mbed: MultiNodeBed, swarm_bed: SwarmBed, images: Images) -> str:
+@pytest.fixture(scope="module")
+def job_image(swarm3: MultiNodeBed, swarm_bed: SwarmBed, images: Images) -> str:
     """The receiver's image in the multi-node bed's registry, where every node pulls it from."""
+    mbed = swarm3
     repository = f"{mbed.registry}/acme/webhook-server"
     if not mbed.nodes[0].client.images.list(name=repository):
         copy_image(swarm_bed.client, images.receiver, mbed.nodes[0].client, f"{repository}:test")
@@ -116,11 +118,12 @@ def job_image(mbed: MultiNodeBed, swarm_bed: SwarmBed, images: Images) -> str:
     return f"{repository}:test"
 
 
-@pytest.fixture
-def nginx_everywhere(mbed: MultiNodeBed, job_image: str, unique: str) -> Iterator[tuple[str, Path, Path]]:
+@pytest.fixture(scope="module")
+def nginx_everywhere(swarm3: MultiNodeBed, job_image: str) -> Iterator[tuple[str, Path, Path]]:
     """A global nginx on every node's host network; each node reads its own config directory (a Swarm
     template in the mount), all share one certificate directory. Yields (service, certs, configs) once every
-    node serves."""
+    node serves (one nginx for the module: starting it on every node is the slow part)."""
+    mbed, unique = swarm3, secrets.token_hex(3)
     root = mbed.root / f"nginx-{unique}"
     certs, configs = root / "certs", root / "conf"
     self_signed(certs, ["site.test"])
@@ -146,6 +149,9 @@ def nginx_everywhere(mbed: MultiNodeBed, job_image: str, unique: str) -> Iterato
     wait_for(lambda: serving(mbed, first), timeout=180, interval=0.5, what="nginx serving on every node")
     yield name, certs, configs
     mbed.client.services.get(name).remove()
+    wait_for(
+        lambda: not any(mbed.containers_on(n, name) for n in mbed.nodes), timeout=60, interval=0.2, what="nginx gone"
+    )
 
 
 def sockets_by_hostname(mbed: MultiNodeBed) -> str:
