@@ -13,6 +13,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webhook_server import metrics, views
+from webhook_server.callback import Callbacks
 from webhook_server.cluster import Swarm
 from webhook_server.context import EXTENSION, SERVICE_CHECK_SECONDS, TRUSTED_PROXY_KEY, Cached, Services
 from webhook_server.executor import Executor, ExecutorLock, lock_path, run_when_elected
@@ -100,6 +101,8 @@ def create_app(
         notifier.subscribe()
         notifier.start()
     metrics.subscribe(journal)
+    if settings.callback_enabled and run_executor:
+        Callbacks(journal, hosts=settings.callback_hosts).subscribe()
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

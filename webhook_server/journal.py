@@ -349,6 +349,13 @@ class Journal:
             ).fetchall()
         return [Transition(**dict(r)) for r in rows]
 
+    def push_outcome(self, push_id: int) -> tuple[str | None, list[Deployment]]:
+        """A push's callback URL as Docker Hub sent it, and every deployment it caused."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT callback_url FROM pushes WHERE id = ?", (push_id,)).fetchone()
+            rows = conn.execute("SELECT * FROM deployments WHERE push_id = ? ORDER BY id", (push_id,)).fetchall()
+        return (row[0] if row is not None else None), [Deployment(**dict(r)) for r in rows]
+
     def record_notification(
         self, deployment_id: int, *, target: str, outcome: Literal["sent", "failed"], detail: str | None = None
     ) -> None:

@@ -78,6 +78,9 @@ class Settings(BaseModel):
     notify_timeout: Duration = timedelta(seconds=30)
     # Whether GET /metrics needs the API token (the rendered nginx config never exposes it either way).
     metrics_token_required: bool = False
+    # Docker Hub's callback_url: called once a push's rollouts end, only on these hosts, only when turned on.
+    callback_enabled: bool = False
+    callback_hosts: tuple[str, ...] = ("registry.hub.docker.com",)
 
     @field_validator("webhook_token", "api_token", "webhook_token_previous", "api_token_previous")
     @classmethod
@@ -111,6 +114,13 @@ class Settings(BaseModel):
 
     def api_tokens(self) -> list[str]:
         return [t.get_secret_value() for t in (self.api_token, self.api_token_previous) if t is not None]
+
+    @field_validator("callback_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(h.strip().lower() for h in value.split(",") if h.strip())
+        return value
 
     @field_validator("notify_urls", mode="before")
     @classmethod
@@ -162,6 +172,8 @@ _ENV = {
     "notify_queue": "WEBHOOK_NOTIFY_QUEUE",
     "notify_timeout": "WEBHOOK_NOTIFY_TIMEOUT",
     "metrics_token_required": "WEBHOOK_METRICS_TOKEN_REQUIRED",
+    "callback_enabled": "WEBHOOK_CALLBACK",
+    "callback_hosts": "WEBHOOK_CALLBACK_HOSTS",
 }
 _SECRETS = {"webhook_token", "api_token", "webhook_token_previous", "api_token_previous", "notify_urls"}
 

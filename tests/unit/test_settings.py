@@ -290,3 +290,9 @@ def test_a_rotation_accepts_the_previous_token_beside_the_new_one() -> None:
 def test_rotation_mistakes_are_one_line(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(env=env)
+
+
+def test_the_callback_is_off_by_default_and_its_hosts_are_a_list() -> None:
+    assert load_settings(env={}).callback_enabled is False
+    settings = load_settings(env={"WEBHOOK_CALLBACK": "true", "WEBHOOK_CALLBACK_HOSTS": "Hub.Example, other.example"})
+    assert settings.callback_enabled and settings.callback_hosts == ("hub.example", "other.example")
