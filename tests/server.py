@@ -15,8 +15,8 @@ import requests
 
 from tests.bed import free_port, wait_for
 
-WEBHOOK_TOKEN = "hook-token-0123456789abcdef"
-API_TOKEN = "api-token-fedcba9876543210"
+WEBHOOK_TOKEN = "hook-token-0123456789abcdef-ghijklmn"
+API_TOKEN = "api-token-fedcba9876543210-zyxwvuts"
 
 
 def documented_payload(repo_name: str, tag: str, **push_data: Any) -> dict[str, Any]:

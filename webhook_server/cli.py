@@ -25,7 +25,7 @@ from webhook_server.operations import dry_run as try_deploy
 from webhook_server.operations import open_journal, request_deploy, request_rollback
 from webhook_server.proxy.commands import reload_proxy, render_nginx
 from webhook_server.rules import RuleSet, RulesSource, load_rules
-from webhook_server.settings import Settings, load_settings
+from webhook_server.settings import NEW_INSTALL_TOKEN_LENGTH, Settings, load_settings
 from webhook_server.status import cluster_status, deployment_detail, node_detail
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,17 @@ def serve(bind: str, workers: int, threads: int) -> None:
     ]
     if missing:
         raise ConfigError(f"set {' and '.join(missing)} (or {missing[0]}_FILE) to long random strings")
+    if not settings.db_path.exists():
+        short = [
+            n
+            for n, v in (("WEBHOOK_TOKEN", settings.webhook_token), ("WEBHOOK_API_TOKEN", settings.api_token))
+            if v is not None and len(v.get_secret_value()) < NEW_INSTALL_TOKEN_LENGTH
+        ]
+        if short:
+            raise ConfigError(
+                f"{' and '.join(short)}: a new install needs tokens of at least {NEW_INSTALL_TOKEN_LENGTH} "
+                f"characters (openssl rand -base64 32); this is a new install: {settings.db_path} does not exist yet"
+            )
     address = server.parse_bind(bind)
     # Everything a worker needs is checked here, once, so a mistake is one line and not a traceback per worker.
     rules = load_rules(settings.rules_path)

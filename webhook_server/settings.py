@@ -19,6 +19,8 @@ from webhook_server.durations import Duration
 from webhook_server.errors import ConfigError
 
 MIN_TOKEN_LENGTH = 16
+# A new install (no journal yet) starts with tokens at least this long; existing ones keep working at 16.
+NEW_INSTALL_TOKEN_LENGTH = 32
 JOURNAL_NAME = "journal.sqlite3"
 ROOT_STATE_DIR = Path("/var/lib/webhook-server")
 

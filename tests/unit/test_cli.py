@@ -21,7 +21,10 @@ from webhook_server.operations import open_journal
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = str(REPO / "deploy_rules.yaml")
-TOKENS = {"WEBHOOK_TOKEN": "hook-token-0123456789", "WEBHOOK_API_TOKEN": "api-token-abcdefghijk"}
+TOKENS = {
+    "WEBHOOK_TOKEN": "hook-token-0123456789-0123456789ab",
+    "WEBHOOK_API_TOKEN": "api-token-abcdefghijk-abcdefghijkl",
+}
 
 
 def run(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
@@ -362,3 +365,18 @@ def test_a_rollout_is_followed_line_by_line_when_not_in_a_terminal(fake_swarm: F
     states = [line.split()[2] for line in lines[1:-1] if line.startswith("  20")]
     assert states[0] == "queued" and states[-1] == "succeeded" and "running" in states
     assert lines[-1].startswith("deployment 1: succeeded")
+
+
+def test_a_new_install_needs_32_character_tokens_but_an_existing_one_keeps_16(tmp_path: Path) -> None:
+    short = {"WEBHOOK_TOKEN": "hook-token-0123456789", "WEBHOOK_API_TOKEN": "api-token-abcdefghijk"}
+    db = tmp_path / "j.sqlite3"
+    env = {**short, "WEBHOOK_RULES": RULES, "WEBHOOK_DB": str(db), "WEBHOOK_BIND": "127.0.0.1:1"}
+    assert one_line_error(run("serve", env=env)) == (
+        "WEBHOOK_TOKEN and WEBHOOK_API_TOKEN: a new install needs tokens of at least 32 characters "
+        f"(openssl rand -base64 32); this is a new install: {db} does not exist yet"
+    )
+    assert not db.exists()
+    open_journal(db)  # an install from before: its tokens are not refused for their length
+    with socket.create_server(("127.0.0.1", 0)) as taken:  # so that serve stops at the next check
+        env["WEBHOOK_BIND"] = f"127.0.0.1:{taken.getsockname()[1]}"
+        assert one_line_error(run("serve", env=env)).startswith("cannot listen on 127.0.0.1:")
