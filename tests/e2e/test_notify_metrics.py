@@ -138,7 +138,7 @@ def test_a_rolled_back_rollout_is_notified_once_with_swarms_reason(
     assert dep.state == "rolled_back", dep
     assert CRASH_ERROR in (dep.message or "")
     assert got.path == f"/hooks/{SECRET}"
-    assert got.body["title"] == f"{unique}: rolled_back (1.0.3)"
+    assert got.body["title"] == f"{unique}: rolled_back (1.0.1)"
     message = got.body["message"]
     assert message.startswith(f"{unique} rolled_back: ")
     assert " → " in message and "1.0.0 (sha256:" in message and "1.0.1 (sha256:" in message
