@@ -108,8 +108,10 @@ def _raw_body() -> bytes:
         raise BadRequest(f"the request body could not be read ({e.__class__.__name__})") from None
 
 
-def _json_body() -> Any:
-    data = _raw_body()
+def _json_body(data: bytes | None = None) -> Any:
+    """The body as JSON; ``data`` when the caller has read it already (a chunked body can be read once)."""
+    if data is None:
+        data = _raw_body()
     try:
         return json.loads(data)
     except RecursionError:
@@ -252,7 +254,8 @@ class RollbackRequest(BaseModel):
 def rollback_service(service: str) -> tuple[Response, int]:
     ctx = services()
     # No body means the default target; a body that is not a JSON object is refused, never read as {}.
-    body = _json_body() if _raw_body() else {}
+    data = _raw_body()
+    body = _json_body(data) if data else {}
     wanted = _parse(RollbackRequest, body)
     done = request_rollback(
         journal=ctx.journal,
