@@ -315,17 +315,13 @@ def history_table(rows: list[Deployment], *, now: datetime) -> list[str]:
 
     lines = [line([h for h, _ in _COLUMNS], "MESSAGE")]
     for d in rows:
-        cells = [str(d.id), _utc(d.created_at), d.service, d.tag, d.trigger, d.state, _took(d, now=now)]
+        cells = [str(d.id), display.utc(d.created_at), d.service, d.tag, d.trigger, d.state, _took(d, now=now)]
         lines.append(line(cells, " ".join((d.message or "").split())))
     return lines
 
 
 def _fit(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _utc(stamp: str) -> str:
-    return datetime.fromisoformat(stamp).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _took(d: Deployment, *, now: datetime) -> str:

@@ -16,7 +16,7 @@ import click
 
 from webhook_server.cluster import NodeStatus, Swarm
 from webhook_server.errors import DockerError
-from webhook_server.journal import Deployment, Journal
+from webhook_server.journal import Deployment, Journal, Transition
 from webhook_server.status import Progress, ServiceStatus, progress
 
 FOLLOW_INTERVAL = 0.5
@@ -24,6 +24,10 @@ FOLLOW_INTERVAL = 0.5
 
 def utc(stamp: str) -> str:
     return datetime.fromisoformat(stamp).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def transition_line(t: Transition) -> str:
+    return f"  {utc(t.at)} {t.state:<11} {t.message or ''}".rstrip()
 
 
 def print_json(data: Any) -> None:
@@ -80,7 +84,7 @@ def show_lines(journal: Journal, dep: Deployment) -> list[str]:
     if dep.nodes:
         lines.append(f"  nodes      {', '.join(dep.nodes)}")
     lines.append("transitions:")
-    lines += [f"  {utc(t.at)} {t.state:<11} {t.message or ''}".rstrip() for t in journal.transitions(dep.id)]
+    lines += [transition_line(t) for t in journal.transitions(dep.id)]
     notes = journal.notifications(dep.id)
     lines.append("notifications:" if notes else "notifications: none")
     lines += [f"  {utc(n.at)} {n.outcome:<6} {n.target}" + (f": {n.detail}" if n.detail else "") for n in notes]
@@ -109,7 +113,7 @@ def follow(
         if not quiet:
             for t in transitions[shown:]:
                 _clear(tty, last_progress)
-                click.echo(f"  {utc(t.at)} {t.state:<11} {t.message or ''}".rstrip())
+                click.echo(transition_line(t))
                 last_progress = "" if tty else last_progress
         shown = len(transitions)
         if dep.done or not still_running():
