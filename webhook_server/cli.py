@@ -87,19 +87,12 @@ def serve(bind: str, workers: int, threads: int) -> None:
     from webhook_server import notify, server
 
     settings = _settings()
-    missing = [
-        n
-        for n, v in (("WEBHOOK_TOKEN", settings.webhook_token), ("WEBHOOK_API_TOKEN", settings.api_token))
-        if v is None
-    ]
+    tokens = (("WEBHOOK_TOKEN", settings.webhook_token), ("WEBHOOK_API_TOKEN", settings.api_token))
+    missing = [n for n, v in tokens if v is None]
     if missing:
         raise ConfigError(f"set {' and '.join(missing)} (or {missing[0]}_FILE) to long random strings")
     if not settings.db_path.exists():
-        short = [
-            n
-            for n, v in (("WEBHOOK_TOKEN", settings.webhook_token), ("WEBHOOK_API_TOKEN", settings.api_token))
-            if v is not None and len(v.get_secret_value()) < NEW_INSTALL_TOKEN_LENGTH
-        ]
+        short = [n for n, v in tokens if v is not None and len(v.get_secret_value()) < NEW_INSTALL_TOKEN_LENGTH]
         if short:
             raise ConfigError(
                 f"{' and '.join(short)}: a new install needs tokens of at least {NEW_INSTALL_TOKEN_LENGTH} "
