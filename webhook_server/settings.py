@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
@@ -22,6 +23,7 @@ MIN_TOKEN_LENGTH = 16
 # A new install (no journal yet) starts with tokens at least this long; existing ones keep working at 16.
 NEW_INSTALL_TOKEN_LENGTH = 32
 JOURNAL_NAME = "journal.sqlite3"
+POSTGRESQL_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 ROOT_STATE_DIR = Path("/var/lib/webhook-server")
 
 
@@ -56,7 +58,11 @@ class Settings(BaseModel):
     api_token_previous: SecretStr | None = None
     rules_path: Path = Path("deploy_rules.yaml")
     # No default here: load_settings supplies default_db_path, which depends on the user and environment.
+    # Always a local file: the SQLite journal, or beside it the per-node state (limits) when the journal is
+    # on PostgreSQL.
     db_path: Path
+    # WEBHOOK_DB=postgresql://...: the journal is shared by every receiver through PostgreSQL.
+    db_url: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # text for people at a terminal; json (one object per line) for log collectors; the image uses json.
     log_format: Literal["text", "json"] = "text"
@@ -90,6 +96,27 @@ class Settings(BaseModel):
         if value is not None and len(value.get_secret_value()) < MIN_TOKEN_LENGTH:
             raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters; use a long random string")
         return value
+
+    @field_validator("db_url")
+    @classmethod
+    def _postgresql(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(POSTGRESQL_SCHEMES):
+            raise ValueError("give a postgresql://USER:PASSWORD@HOST:PORT/DATABASE URL")
+        return value
+
+    @property
+    def journal_location(self) -> Path | str:
+        """Where the journal is: the PostgreSQL URL when one is set, else the SQLite file."""
+        return self.db_url.get_secret_value() if self.db_url is not None else self.db_path
+
+    @property
+    def journal_name(self) -> str:
+        """The journal as messages may name it: never the URL's password."""
+        if self.db_url is None:
+            return str(self.db_path)
+        parts = urlsplit(self.db_url.get_secret_value())
+        host = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+        return f"postgresql://{host}{parts.path}"
 
     @field_validator("db_path")
     @classmethod
@@ -148,7 +175,13 @@ class Settings(BaseModel):
 
     def secrets(self) -> list[str]:
         """Secret values, for the log filter that keeps them out of every log line."""
-        return [*self.webhook_tokens(), *self.api_tokens(), *self.notify_url_values()]
+        found = [*self.webhook_tokens(), *self.api_tokens(), *self.notify_url_values()]
+        if self.db_url is not None:
+            url = self.db_url.get_secret_value()
+            found.append(url)
+            if urlsplit(url).password:
+                found.append(str(urlsplit(url).password))
+        return found
 
     def notify_url_values(self) -> list[str]:
         return [url.get_secret_value() for url in self.notify_urls]
@@ -161,6 +194,7 @@ _ENV = {
     "api_token_previous": "WEBHOOK_API_TOKEN_PREVIOUS",
     "rules_path": "WEBHOOK_RULES",
     "db_path": "WEBHOOK_DB",
+    "db_url": "WEBHOOK_DB",
     "log_level": "WEBHOOK_LOG_LEVEL",
     "log_format": "WEBHOOK_LOG_FORMAT",
     "docker_retry_limit": "WEBHOOK_DOCKER_RETRY_LIMIT",
@@ -204,9 +238,17 @@ def load_settings(*, env: Mapping[str, str] | None = None, euid: int | None = No
     env = os.environ if env is None else env
     raw: dict[str, object] = {"db_path": default_db_path(env, euid=os.geteuid() if euid is None else euid)}
     for field, name in _ENV.items():
+        if field in ("db_path", "db_url"):
+            continue
         value = _read_secret(env, name) if field in _SECRETS else env.get(name)
         if value not in (None, ""):
             raw[field] = value
+    # WEBHOOK_DB (or WEBHOOK_DB_FILE, as it may hold a password) is a file or a PostgreSQL URL.
+    db = _read_secret(env, "WEBHOOK_DB")
+    if db and db.startswith(POSTGRESQL_SCHEMES):
+        raw["db_url"] = db
+    elif db:
+        raw["db_path"] = db
     raw.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return Settings.model_validate(raw)
