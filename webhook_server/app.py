@@ -92,7 +92,7 @@ def create_app(
             timeout=settings.docker_timeout.total_seconds(), on_error=lambda e: metrics.docker_error(e.code)
         )
     rules = rules or RulesSource(settings.rules_path, fallback=fallback)
-    journal = journal or open_journal(settings.db_path)
+    journal = journal or open_journal(settings.journal_location)
     executor = Executor.from_settings(settings, journal=journal, swarm=swarm, rules=rules)
     # Outcomes are recorded by the executor, so the process that may run it is the one that tells people.
     if notifier is None and run_executor:

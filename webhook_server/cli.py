@@ -81,8 +81,14 @@ def _swarm(settings: Settings) -> Swarm:
     help="HOST:PORT to listen on (env WEBHOOK_BIND).",
 )
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
-@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256))
-def serve(bind: str, workers: int, threads: int) -> None:
+@click.option(
+    "--connections",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(10, 100000),
+    help="Open connections each worker holds at most (gevent).",
+)
+def serve(bind: str, workers: int, connections: int) -> None:
     """Serve the webhook and API with gunicorn."""
     from webhook_server import notify, server
 
@@ -104,7 +110,7 @@ def serve(bind: str, workers: int, threads: int) -> None:
     notify.check_urls(settings.notify_url_values(), source="WEBHOOK_NOTIFY_URLS")
     open_journal(settings.db_path)
     server.check_free(address)
-    server.run_gunicorn(settings, rules=rules, bind=address, workers=workers, threads=threads)
+    server.run_gunicorn(settings, rules=rules, bind=address, workers=workers, connections=connections)
 
 
 # ---- check-rules -----------------------------------------------------------------------------

@@ -21,8 +21,9 @@ from webhook_server.rules import RuleSet
 log = logging.getLogger(__name__)
 
 
-def open_journal(path: Path) -> Journal:
-    """The journal at ``path``, or a ConfigError naming the file and what is wrong with it."""
+def open_journal(location: Path | str) -> Journal:
+    """The journal at ``location``, or a ConfigError naming the file and what is wrong with it."""
+    path = Path(location)
 
     def refuse(reason: str) -> ConfigError:
         return ConfigError(f"cannot open the journal {path}: {reason} (WEBHOOK_DB names the file)")

@@ -106,7 +106,7 @@ class _Application(BaseApplication):  # type: ignore[misc]
         return create_app(self._settings, fallback=self._rules, run_executor=True)
 
 
-def run_gunicorn(settings: Settings, *, rules: RuleSet, bind: Bind, workers: int, threads: int) -> None:
+def run_gunicorn(settings: Settings, *, rules: RuleSet, bind: Bind, workers: int, connections: int) -> None:
     """Serve until stopped. ``rules`` is what the master loaded: a worker started later runs on it if the
     file is broken by then."""
     RedactingLogger.secrets = tuple(settings.secrets())
@@ -114,8 +114,10 @@ def run_gunicorn(settings: Settings, *, rules: RuleSet, bind: Bind, workers: int
     options = {
         "bind": [str(bind)],
         "workers": workers,
-        "worker_class": "gthread",
-        "threads": threads,
+        # One greenlet per connection: a client that sends nothing, or its headers a byte at a time, holds a
+        # greenlet and its socket, never one of a few threads (gthread stalls behind a few dozen of them).
+        "worker_class": "gevent",
+        "worker_connections": connections,
         # The app writes its own access line (after ProxyFix, token redacted); gunicorn's would hold the token.
         "accesslog": None,
         "logger_class": RedactingLogger,
