@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,11 +132,12 @@ def server_env(
     return env
 
 
-def start_server(root: Path, *, env: dict[str, str], workers: int = 2) -> Server:
+def start_server(root: Path, *, env: dict[str, str], workers: int = 2, args: Sequence[str] = ()) -> Server:
     port = free_port()
     log = (root / "server.log").open("ab")
+    serve = ["serve", "--bind", f"127.0.0.1:{port}", "--workers", str(workers), *args]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "webhook_server", "serve", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)],
+        [sys.executable, "-m", "webhook_server", *serve],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

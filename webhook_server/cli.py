@@ -110,6 +110,10 @@ def serve(bind: str, workers: int, connections: int) -> None:
     notify.check_urls(settings.notify_url_values(), source="WEBHOOK_NOTIFY_URLS")
     open_journal(settings.db_path)
     server.check_free(address)
+    if not server.patched():
+        server.exec_patched(
+            ["serve", "--bind", str(address), "--workers", str(workers), "--connections", str(connections)]
+        )
     server.run_gunicorn(settings, rules=rules, bind=address, workers=workers, connections=connections)
 
 

@@ -8,11 +8,15 @@ mistake is one line, and hands its rules to the workers as the fallback for a fi
 from __future__ import annotations
 
 import logging
+import os
 import re
 import socket
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
+from gevent import monkey
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 
@@ -65,6 +69,23 @@ def check_free(bind: Bind) -> None:
             probe.bind(address)
         except OSError as e:
             raise ConfigError(f"cannot listen on {bind}: {e.strerror}") from None
+
+
+def patched() -> bool:
+    """Whether gevent patched the standard library before this process imported what its workers inherit."""
+    return bool(monkey.is_module_patched("socket"))
+
+
+def exec_patched(argv: Sequence[str]) -> NoReturn:
+    """Become a fresh ``webhook-server`` (same pid) that patches before any other import.
+
+    gunicorn's gevent workers patch when they start, but the modules they inherit from the master are loaded
+    by then and keep references to the unpatched originals (urllib3 to ``ssl``): an HTTPS notification would
+    block the whole worker. The checks run again in the new process; they are cheap.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "webhook_server.serving", *argv])
 
 
 def worker_exit(server: Any, worker: Any) -> None:
