@@ -30,10 +30,15 @@ from webhook_server.durations import Duration
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 # RFC 1123 host names, lowercase (nginx matches server names case-insensitively; we store one spelling).
-# No wildcards: the ACME webroot (http-01) cannot validate them.
 DOMAIN_NAME = re.compile(
     r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
 )
+# A site may also be ``*.example.com``: one label, leftmost, as TLS wildcards are (RFC 6125). Only DNS-01
+# can validate such a certificate, so a wildcard site needs a lineage (``certificates:``) that covers it.
+WILDCARD_NAME = re.compile(
+    r"^\*\.(?=.{1,251}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$"
+)
+SERVER_NAME = re.compile(f"{DOMAIN_NAME.pattern}|{WILDCARD_NAME.pattern}")
 # A Swarm service name as Docker's DNS knows it (``web``, ``a3_web``, ``tasks.web``) or an IPv4 literal.
 UPSTREAM_HOST = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,252})$")
 # certbot's lineage directory names: the first domain, maybe with a ``-0001`` suffix. No slashes.
@@ -150,6 +155,9 @@ def _size(value: Any) -> Any:
 
 
 DomainName = Annotated[str, _matching(DOMAIN_NAME, "domain name (letters, digits, '-' and '.')", lower=True)]
+ServerName = Annotated[
+    str, _matching(SERVER_NAME, "server name (a domain name, or *.domain for a wildcard)", lower=True)
+]
 UpstreamHost = Annotated[str, _matching(UPSTREAM_HOST, "Swarm service name or IPv4 address")]
 LineageName = Annotated[str, _matching(LINEAGE_NAME, "certificate lineage name")]
 AbsolutePath = Annotated[
@@ -279,9 +287,10 @@ class Site(BaseModel):
 
     model_config = _FROZEN
 
-    server_names: Annotated[tuple[DomainName, ...], NotEmpty]
+    server_names: Annotated[tuple[ServerName, ...], NotEmpty]
     upstream: Upstream
-    # certbot lineage; defaults to the first server name, as certbot names it.
+    # certbot lineage; defaults to the lineage of proxy.certificates that covers each name, else to the first
+    # server name, as certbot names it.
     certificate: LineageName | None = None
     max_body_size: Size = "10m"
     timeouts: Timeouts = Timeouts()
@@ -342,6 +351,10 @@ class ProxyConfig(BaseModel):
     real_ip_from: tuple[Network, ...] = ()
     webhook: Webhook
     sites: tuple[Site, ...] = ()
+    # certbot lineages and the names each certificate holds (``example.com: [example.com, "*.example.com"]``).
+    # When given, every server name must be covered by one, and each name is served with the lineage that
+    # covers it (an exact name before a wildcard): one wildcard certificate may serve many sites.
+    certificates: dict[LineageName, Annotated[tuple[ServerName, ...], NotEmpty]] = {}
 
     @model_validator(mode="before")
     @classmethod
@@ -357,6 +370,10 @@ class ProxyConfig(BaseModel):
             if name in seen:
                 raise ValueError(f"server name {name!r} appears twice; each name belongs to one site")
             seen.add(name)
+        # Imported here: lineages imports this module for the models.
+        from webhook_server.proxy.lineages import check_coverage
+
+        check_coverage(self)
         # Imported here because render imports this module. Its UnsafeValue is a ValueError, which pydantic
         # reports like any other: a value the renderer refuses fails validation, never render-nginx alone.
         from webhook_server.proxy.render import render_nginx_conf
@@ -364,6 +381,22 @@ class ProxyConfig(BaseModel):
         for acme_only in (False, True):
             render_nginx_conf(self, acme_only=acme_only)
         return self
+
+    def tls_servers(self) -> list[tuple[Site, str, tuple[str, ...]]]:
+        """(site, lineage, names): one nginx server block per site and certificate, in the file's order."""
+        from webhook_server.proxy.lineages import site_groups
+
+        return [(site, lineage, names) for site in self.sites for lineage, names in site_groups(self, site)]
+
+    @property
+    def webhook_lineage(self) -> str:
+        from webhook_server.proxy.lineages import webhook_lineage
+
+        return webhook_lineage(self)
+
+    def lineages(self) -> list[str]:
+        """Every lineage nginx.conf reads, sorted: what reload-proxy's secrets mode and the expiry watch read."""
+        return sorted({self.webhook_lineage, *(lineage for _, lineage, _ in self.tls_servers())})
 
     @property
     def server_names(self) -> list[str]:
