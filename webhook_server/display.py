@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from webhook_server.certs import CertificateStatus
 from webhook_server.cluster import NodeStatus, Swarm
 from webhook_server.errors import DockerError
 from webhook_server.journal import Deployment, Journal, Transition
@@ -70,6 +71,27 @@ def status_lines(found: list[ServiceStatus]) -> list[str]:
             lines.append("  queued       " + ", ".join(f"#{q.id} {q.tag}" for q in s.queued))
         if s.in_progress is None and s.last is None and not s.queued:
             lines.append("  no deployments recorded")
+    return lines
+
+
+def certificate_lines(found: list[CertificateStatus]) -> list[str]:
+    """``status``: each certificate nginx serves, how long it has left, and whether nginx serves that one."""
+    lines: list[str] = []
+    for c in found:
+        if c.state == "unreadable" or c.not_after is None:
+            lines.append(f"certificate {c.lineage}: UNREADABLE: {c.problem}")
+            continue
+        days = (c.expires_in_seconds or 0.0) / 86400
+        when = f"expires {utc(c.not_after)}"
+        if c.state == "expired":
+            verdict = f"EXPIRED ({when})"
+        elif c.state == "expiring":
+            verdict = f"expires soon: in {days:.1f} days ({when})"
+        else:
+            verdict = f"ok, {when} (in {days:.0f} days)"
+        lines.append(f"certificate {c.lineage}: {verdict}, serial {c.serial}")
+        if c.stale:
+            lines.append(f"  nginx serves an OLDER certificate (serial {c.served_serial}): reload it")
     return lines
 
 

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import threading
 from collections import Counter as Tally
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -215,6 +215,29 @@ def subscribe(journal: Journal) -> None:
 
 
 # ---- scraping ----------------------------------------------------------------------------------------
+class _Certificates(Collector):
+    """Seconds until each certificate nginx serves expires, read from the files at scrape time: right in
+    every worker, with no counter to keep."""
+
+    def __init__(self, read: Callable[[], Iterable[tuple[str, float]]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            f"{PREFIX}_certificate_expiry_seconds",
+            "Seconds until the certificate of each lineage the proxy config names expires (negative: expired).",
+            labels=["lineage"],
+        )
+        try:
+            found = sorted(self._read())
+        except Exception:
+            log.exception("metrics: cannot read the certificates")
+            return
+        for lineage, seconds in found:
+            family.add_metric([lineage], seconds)
+        yield family
+
+
 class _FromJournal(Collector):
     """What the journal knows, read at scrape time: queue depth and rollouts in progress by service, and
     the build."""
@@ -257,8 +280,11 @@ class _Local(Collector):
         return self._registry.collect()
 
 
-def render(journal: Journal | None = None) -> tuple[bytes, str]:
-    """The ``/metrics`` answer: (body, content type), every process's counts summed in multiprocess mode."""
+def render(
+    journal: Journal | None = None, *, certificates: Callable[[], Iterable[tuple[str, float]]] | None = None
+) -> tuple[bytes, str]:
+    """The ``/metrics`` answer: (body, content type), every process's counts summed in multiprocess mode;
+    ``certificates`` gives (lineage, seconds left) of the certificates the server watches."""
     registry = CollectorRegistry(auto_describe=False)
     directory = _multiprocess_dir()
     if directory is not None:
@@ -266,4 +292,6 @@ def render(journal: Journal | None = None) -> tuple[bytes, str]:
     else:
         registry.register(_Local(_made().registry))
     registry.register(_FromJournal(journal))
+    if certificates is not None:
+        registry.register(_Certificates(certificates))
     return generate_latest(registry), CONTENT_TYPE_LATEST

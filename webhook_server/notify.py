@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "DEFAULT_ATTEMPT_TIMEOUT",
     "DEFAULT_QUEUE_SIZE",
+    "Event",
     "Notifier",
     "check_urls",
     "label",
@@ -296,9 +297,35 @@ def _with_timeouts(plugin: apprise.plugins.NotifyBase, url: str, *, connect: flo
 
 # ---- the notifier -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class Event:
+    """Something to tell that is not a deployment's outcome (a certificate about to expire): sent to the
+    global URLs as it is, and logged; the journal records notifications per deployment only."""
+
+    subject: str  # what it is about, for the log: "certificate example.com"
+    title: str
+    body: str
+    failure: bool = True
+
+
+@dataclass(frozen=True)
 class _Work:
-    dep: Deployment
+    dep: Deployment | None
     urls: tuple[str, ...] = field(repr=False)
+    event: Event | None = None
+
+    @property
+    def subject(self) -> str:
+        if self.event is not None:
+            return self.event.subject
+        assert self.dep is not None
+        return f"deployment {self.dep.id} of {self.dep.service}"
+
+    @property
+    def notify_type(self) -> apprise.NotifyType | None:
+        if self.event is not None:
+            return apprise.NotifyType.FAILURE if self.event.failure else apprise.NotifyType.SUCCESS
+        assert self.dep is not None
+        return _NOTIFY_TYPES.get(self.dep.state)
 
 
 class Notifier:
@@ -375,7 +402,19 @@ class Notifier:
             self._thread = None
         for work in left:
             for url in work.urls:
-                self._record(work.dep, url, "failed", "not sent: the server stopped first")
+                self._record(work, url, "failed", "not sent: the server stopped first")
+
+    def tell(self, event: Event) -> None:
+        """Queue ``event`` for the global URLs and return at once; never raises."""
+        if not self._urls:
+            log.info("%s: %s (no notification URL set)", event.subject, event.title)
+            return
+        with self._cond:
+            if not self._closed and self._thread is not None and len(self._pending) < self._queue_size:
+                self._pending.append(_Work(None, self._urls, event))
+                self._cond.notify()
+                return
+        log.warning("%s: not notified (the notifier is stopped or full): %s", event.subject, event.title)
 
     # ---- the listener (on the thread that ended the deployment) ---------------------------------------
     def on_outcome(self, dep: Deployment) -> None:
@@ -395,7 +434,7 @@ class Notifier:
                     return
             log.warning("deployment %s of %s: %s (%s)", dep.id, dep.service, refused, dep.state)
             for url in urls:
-                self._record(dep, url, "failed", refused)
+                self._record(_Work(dep, urls), url, "failed", refused)
         except Exception:
             log.exception("deployment %s: cannot queue its notifications", dep.id)
 
@@ -423,32 +462,39 @@ class Notifier:
 
     def _run(self) -> None:
         while (work := self._next()) is not None:
+            if work.dep is None:
+                self._notify(work)
+                continue
             with logs.context(request_id=work.dep.request_id, deployment=work.dep.id):
                 self._notify(work)
 
     def _notify(self, work: _Work) -> None:
         # A bug below must cost one notification, not the sender thread.
         try:
-            title, body = message_for(work.dep)
+            if work.event is not None:
+                title, body = work.event.title, work.event.body
+            else:
+                assert work.dep is not None
+                title, body = message_for(work.dep)
         except Exception:
-            log.exception("deployment %s: cannot write its notification", work.dep.id)
+            log.exception("%s: cannot write its notification", work.subject)
             for url in work.urls:
-                self._record(work.dep, url, "failed", "not sent: the message could not be written")
+                self._record(work, url, "failed", "not sent: the message could not be written")
             return
         for url in work.urls:
             try:
-                self._send(work.dep, url, title, body)
+                self._send(work, url, title, body)
             except Exception:
-                log.exception("deployment %s: notifying %s failed unexpectedly", work.dep.id, label(url))
+                log.exception("%s: notifying %s failed unexpectedly", work.subject, label(url))
 
-    def _send(self, dep: Deployment, url: str, title: str, body: str) -> None:
+    def _send(self, work: _Work, url: str, title: str, body: str) -> None:
         if self._past_deadline():
-            self._record(dep, url, "failed", "not sent: the server stopped first")
+            self._record(work, url, "failed", "not sent: the server stopped first")
             return
         attempt = _Attempt()
         thread = threading.Thread(
             target=self._attempt,
-            args=(attempt, url, title, body, _NOTIFY_TYPES.get(dep.state)),
+            args=(attempt, url, title, body, work.notify_type),
             name="notify-attempt",
             daemon=True,
         )
@@ -458,15 +504,15 @@ class Notifier:
         if not finished:
             # The attempt thread is abandoned; its socket timeouts end it later, and what it says is dropped.
             waited = format_duration(timedelta(seconds=round(time.monotonic() - started, 1)))
-            self._record(dep, url, "failed", f"no answer within {waited}; gave up")
+            self._record(work, url, "failed", f"no answer within {waited}; gave up")
             return
         if attempt.ok:
-            self._record(dep, url, "sent", None)
+            self._record(work, url, "sent", None)
             return
         said = [_masked(s, url) for s in attempt.said]
         reason = _masked(attempt.error, url) if attempt.error else None
         detail = "; ".join(dict.fromkeys(p for p in (reason, *said) if p)) or "the service refused it"
-        self._record(dep, url, "failed", detail)
+        self._record(work, url, "failed", detail)
 
     def _wait(self, attempt: _Attempt, started: float) -> bool:
         """Wait for the attempt until its own time limit, or stop's deadline if that comes first."""
@@ -505,13 +551,16 @@ class Notifier:
             attempt.said = _CAPTURE.end(threading.get_ident())
             attempt.done.set()
 
-    def _record(self, dep: Deployment, url: str, outcome: Literal["sent", "failed"], detail: str | None) -> None:
+    def _record(self, work: _Work, url: str, outcome: Literal["sent", "failed"], detail: str | None) -> None:
         target = label(url)
+        what = work.dep.state if work.dep is not None else work.event.title if work.event is not None else "?"
         if outcome == "sent":
-            log.info("deployment %s of %s: notified %s (%s)", dep.id, dep.service, target, dep.state)
+            log.info("%s: notified %s (%s)", work.subject, target, what)
         else:
-            log.warning("deployment %s of %s: notifying %s failed: %s", dep.id, dep.service, target, detail)
+            log.warning("%s: notifying %s failed: %s", work.subject, target, detail)
+        if work.dep is None:
+            return
         try:
-            self._journal.record_notification(dep.id, target=target, outcome=outcome, detail=detail)
+            self._journal.record_notification(work.dep.id, target=target, outcome=outcome, detail=detail)
         except Exception:
-            log.exception("deployment %s: cannot record the notification to %s", dep.id, target)
+            log.exception("deployment %s: cannot record the notification to %s", work.dep.id, target)
