@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 from flask import Flask
@@ -14,6 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webhook_server import metrics, views
 from webhook_server.callback import Callbacks
+from webhook_server.certs import Certificates, CertificateWatch
 from webhook_server.cluster import Swarm
 from webhook_server.context import EXTENSION, SERVICE_CHECK_SECONDS, TRUSTED_PROXY_KEY, Cached, Services
 from webhook_server.executor import Executor, ExecutorLock, lock_path, run_when_elected
@@ -21,6 +24,7 @@ from webhook_server.journal import Journal
 from webhook_server.limits import Limit, Limiter, limits_path
 from webhook_server.notify import Notifier
 from webhook_server.operations import open_journal
+from webhook_server.proxy.reload import NginxSwarm
 from webhook_server.rules import RuleSet, RulesSource
 from webhook_server.settings import Settings
 
@@ -76,6 +80,7 @@ def create_app(
     journal: Journal | None = None,
     swarm: Swarm | None = None,
     notifier: Notifier | None = None,
+    proxy_swarm: Callable[[], AbstractContextManager[NginxSwarm]] | None = None,
     run_executor: bool = False,
 ) -> Flask:
     """Build the app. With ``run_executor`` this process competes for the executor lock and, when it
@@ -120,6 +125,8 @@ def create_app(
             requests=Limit(settings.rate_limit, 60),
             auth_failures=Limit(settings.auth_failure_limit, AUTH_FAILURE_WINDOW_SECONDS),
         ),
+        proxy_swarm=proxy_swarm or _docker_proxy(settings),
+        certificates=_certificates(settings, rules),
     )
     app.extensions[EXTENSION] = ctx
     if settings.trusted_proxies:
@@ -127,6 +134,15 @@ def create_app(
 
     views.register(app)
 
+    if run_executor and ctx.certificates is not None:
+        # Every worker starts one; the lock beside the journal lets one of them check and tell.
+        watch = CertificateWatch(
+            ctx.certificates,
+            probe=settings.proxy_probe,
+            notifier=notifier,
+            interval=settings.cert_check_interval.total_seconds(),
+        )
+        watch.start(ctx.stop)
     if run_executor:
         ctx.executor_thread = threading.Thread(
             target=run_when_elected,
@@ -136,3 +152,29 @@ def create_app(
         )
         ctx.executor_thread.start()
     return app
+
+
+def _docker_proxy(settings: Settings) -> Callable[[], AbstractContextManager[NginxSwarm]]:
+    @contextlib.contextmanager
+    def opened() -> Iterator[NginxSwarm]:
+        # docker-py loads here, on the first reload, not when the app is built.
+        from webhook_server.swarm.proxy import SwarmProxy
+
+        swarm = SwarmProxy(timeout=settings.docker_timeout.total_seconds())
+        try:
+            yield swarm
+        finally:
+            swarm.close()
+
+    return opened
+
+
+def _certificates(settings: Settings, rules: RulesSource) -> Certificates | None:
+    if settings.cert_dir is None:
+        return None
+    return Certificates(
+        config=lambda: rules.current().proxy,
+        cert_dir=settings.cert_dir,
+        state_dir=settings.db_path.parent,
+        warn_days=settings.cert_warn_days,
+    )

@@ -9,16 +9,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from flask import Flask, current_app
 
+from webhook_server.certs import Certificates
 from webhook_server.cluster import Swarm
 from webhook_server.executor import Executor
 from webhook_server.journal import Journal
 from webhook_server.limits import Limiter
 from webhook_server.notify import Notifier
+from webhook_server.proxy.reload import NginxSwarm
 from webhook_server.rules import RulesSource
 from webhook_server.settings import Settings
 
@@ -65,6 +68,10 @@ class Services:
     service_names: Cached[set[str]]
     limiter: Limiter
     notifier: Notifier | None = None
+    # The Docker side of POST /api/proxy/reload, opened per request (docker-py loads on first use only).
+    proxy_swarm: Callable[[], AbstractContextManager[NginxSwarm]] | None = None
+    # The certificates nginx serves, when WEBHOOK_CERT_DIR lets this process read them.
+    certificates: Certificates | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     executor_thread: threading.Thread | None = None
 

@@ -89,6 +89,20 @@ class Settings(BaseModel):
     # Docker Hub's callback_url: called once a push's rollouts end, only on these hosts, only when turned on.
     callback_enabled: bool = False
     callback_hosts: tuple[str, ...] = ("registry.hub.docker.com",)
+    # POST /api/proxy/reload does what ``reload-proxy`` does, with these (the CLI reads the same variables).
+    proxy_service: str = Field(default="nginx", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    proxy_mode: Literal["signal", "secrets"] = "signal"
+    proxy_job_image: str | None = None
+    proxy_node_socket: str = "/var/run/docker.sock"
+    # Where this process reads certbot's lineages (``live/``): the expiry watch, and the secrets mode's files.
+    # Unset: no expiry watch (the server may not see the certificates at all).
+    cert_dir: Path | None = None
+    # A certificate closer than this to its end is reported (notification, /readyz warning).
+    cert_warn_days: int = Field(default=14, ge=1, le=365)
+    cert_check_interval: Duration = timedelta(hours=1)
+    # HOST:PORT of nginx's TLS port as this process reaches it (``nginx:443``): the served certificate is
+    # compared with the one on disk. Unset: not compared.
+    proxy_probe: str | None = Field(default=None, pattern=r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
 
     @field_validator("webhook_token", "api_token", "webhook_token_previous", "api_token_previous")
     @classmethod
@@ -210,6 +224,14 @@ _ENV = {
     "metrics_token_required": "WEBHOOK_METRICS_TOKEN_REQUIRED",
     "callback_enabled": "WEBHOOK_CALLBACK",
     "callback_hosts": "WEBHOOK_CALLBACK_HOSTS",
+    "proxy_service": "WEBHOOK_PROXY_SERVICE",
+    "proxy_mode": "WEBHOOK_PROXY_MODE",
+    "proxy_job_image": "WEBHOOK_PROXY_JOB_IMAGE",
+    "proxy_node_socket": "WEBHOOK_PROXY_NODE_SOCKET",
+    "cert_dir": "WEBHOOK_CERT_DIR",
+    "cert_warn_days": "WEBHOOK_CERT_WARN_DAYS",
+    "cert_check_interval": "WEBHOOK_CERT_CHECK_INTERVAL",
+    "proxy_probe": "WEBHOOK_PROXY_PROBE",
 }
 _SECRETS = {"webhook_token", "api_token", "webhook_token_previous", "api_token_previous", "notify_urls"}
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.routing import PathConverter
 
-from webhook_server import logs, metrics, problems
+from webhook_server import certs, logs, metrics, problems
 from webhook_server.context import TRUSTED_PROXY_KEY, services
 from webhook_server.dockerhub import parse_push
 from webhook_server.errors import BadRequest, DockerError, TooManyRequests, Unauthorized, WebhookError
@@ -28,6 +28,7 @@ from webhook_server.journal import Deployment, PushRecord
 from webhook_server.logs import printable, redact
 from webhook_server.matching import Ignored, plan_push
 from webhook_server.operations import request_deploy, request_rollback, wait_seconds
+from webhook_server.proxy import reload as reloading
 from webhook_server.rules import DOCKER_TAG, SERVICE_NAME, RuleSet
 from webhook_server.status import cluster_status, deployment_detail, node_detail
 
@@ -294,6 +295,35 @@ def get_deployment(deployment_id: int) -> Response:
     return jsonify(_public(services().journal.get(deployment_id), transitions=True))
 
 
+# ---- the proxy ---------------------------------------------------------------------------------
+@api.post("/proxy/reload")
+def reload_proxy() -> Response:
+    """What ``reload-proxy`` does, from inside the server (which holds the Docker socket): for a certbot that
+    runs elsewhere with nothing but curl. A failed ``nginx -t`` reloads nothing and answers 422."""
+    ctx = services()
+    s = ctx.settings
+    if ctx.proxy_swarm is None:
+        raise reloading.ReloadError("this server cannot reach nginx (no Docker proxy adapter)")
+    config = _rules().proxy if s.proxy_mode == "secrets" else None
+    cert_dir = s.cert_dir or (Path(config.paths.certificates) if config is not None else None)
+    job = reloading.NodeJob(image=s.proxy_job_image, socket=s.proxy_node_socket) if s.proxy_job_image else None
+    with ctx.proxy_swarm() as swarm:
+        report = reloading.reload_proxy(
+            swarm, s.proxy_service, mode=s.proxy_mode, config=config, cert_dir=cert_dir, job=job
+        )
+    log.info("proxy reloaded on request from %s: %s", _client() or "?", report.summary(s.proxy_service))
+    return jsonify(report.as_json(s.proxy_service, mode=s.proxy_mode))
+
+
+@api.get("/certificates")
+def list_certificates() -> Response:
+    """The lineages nginx.conf names: expiry, serial on disk and, when probed, the serial nginx serves."""
+    ctx = services()
+    found = ctx.certificates.current() if ctx.certificates is not None else []
+    warn_days = ctx.certificates.warn_days if ctx.certificates is not None else ctx.settings.cert_warn_days
+    return jsonify(certs.state_json(found, warn_days=warn_days))
+
+
 # ---- health ----------------------------------------------------------------------------------
 @functools.cache
 def openapi_document() -> dict[str, Any]:
@@ -336,10 +366,23 @@ def readyz() -> tuple[Response, int]:
             reasons.append(f"docker: {e.message}")
         else:
             warnings.extend(f"rule {name!r}: no such service in the swarm" for name in missing)
+    warnings.extend(_certificate_warnings())
     body = {"node": node_detail(node), "warnings": warnings}
     if reasons:
         return jsonify(status="unavailable", reasons=reasons, **body), 503
     return jsonify(status="ready", **body), 200
+
+
+def _certificate_warnings() -> list[str]:
+    """Certificates close to their end, expired, unreadable or not served: degraded, never a 503."""
+    certificates = services().certificates
+    if certificates is None:
+        return []
+    try:
+        return certs.warnings(certificates.current())
+    except Exception:
+        log.exception("readyz: cannot read the certificates")
+        return ["certificates: cannot be read; see the server log"]
 
 
 @health.get("/metrics")
@@ -347,7 +390,7 @@ def prometheus_metrics() -> Response:
     ctx = services()
     if ctx.settings.metrics_token_required:
         _require_api_token()
-    body, content_type = metrics.render(ctx.journal)
+    body, content_type = metrics.render(ctx.journal, certificates=_expiries if ctx.certificates else None)
     return Response(body, content_type=content_type)
 
 
@@ -438,3 +481,11 @@ def _hook_result(status: int) -> metrics.WebhookResult:
 def _path() -> str:
     # Escape first: a token cut short by a control character would otherwise be redacted only in part.
     return redact(printable(request.path))
+
+
+def _expiries() -> list[tuple[str, float]]:
+    """(lineage, seconds left) of every readable certificate, read at scrape time."""
+    certificates = services().certificates
+    if certificates is None:
+        return []
+    return [(c.lineage, c.expires_in_seconds) for c in certificates.current() if c.expires_in_seconds is not None]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 
@@ -15,8 +16,11 @@ from schemathesis.generation import GenerationMode
 
 from tests.fakes import FakeSwarm
 from tests.server import API_TOKEN, WEBHOOK_TOKEN
+from tests.unit.test_proxy_reload import FakeSwarm as FakeNginx
+from tests.unit.test_proxy_reload import task
 from tests.unit.test_views import RULES, settings_for
 from webhook_server.app import create_app
+from webhook_server.proxy.reload import NginxSwarm
 from webhook_server.rules import RulesSource
 from webhook_server.views import openapi_document
 
@@ -51,10 +55,16 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     swarm = FakeSwarm()
     for name in ("api", "worker", "web"):
         swarm.add_service(name, f"reg:5000/acme/{name}:1.0.0")
+
+    @contextlib.contextmanager
+    def nginx() -> Iterator[NginxSwarm]:
+        yield FakeNginx(tasks=[task(1)])
+
     yield create_app(
         settings_for(root, rules_path, WEBHOOK_RATE_LIMIT="0", WEBHOOK_AUTH_FAILURE_LIMIT="0"),
         swarm=swarm,
         rules=RulesSource(rules_path),
+        proxy_swarm=nginx,
     )
 
 

@@ -46,12 +46,17 @@ SECRET_NAME_MAX = 64
 class ReloadError(WebhookError):
     """reload-proxy refused or failed; the message says what, and whether anything was reloaded."""
 
+    # The proxy's state refuses the reload (no running task, a command that does not tell its config, a
+    # reload that failed part-way): the request was fine, nginx is not.
+    http_status = 409
     code = "reload_failed"
 
 
 class ProxyConfigInvalid(ReloadError):
     """``nginx -t`` failed in a task: nothing was reloaded."""
 
+    # The config or certificates nginx would load are invalid; the message holds nginx's error.
+    http_status = 422
     code = "proxy_config_invalid"
 
 
@@ -177,6 +182,20 @@ class ReloadReport:
     force_updated: bool = False
     secrets: dict[str, str] = field(default_factory=dict)
     other_nodes: list[str] = field(default_factory=list)  # hostnames whose nginx a node job reloaded
+    nodes: dict[str, str] = field(default_factory=dict)  # task id -> the id of the node it runs on
+
+    def as_json(self, service: str, *, mode: str) -> dict[str, object]:
+        """What POST /api/proxy/reload answers: which tasks on which nodes were checked and reloaded."""
+        return {
+            "service": service,
+            "mode": mode,
+            "summary": self.summary(service),
+            "checked": [{"task": t, "node": self.nodes.get(t)} for t in self.checked],
+            "reloaded": [{"task": t, "node": self.nodes.get(t)} for t in self.signalled],
+            "other_nodes": self.other_nodes,
+            "force_updated": self.force_updated,
+            "secrets": self.secrets,
+        }
 
     def summary(self, service: str) -> str:
         parts = []
@@ -226,7 +245,7 @@ def reload_by_signal(swarm: NginxSwarm, service: str, *, job: NodeJob | None = N
     if job is not None:
         # Tasks here whose container is not known yet are starting: they read the new files as they start.
         plan = ReloadPlan(local=plan.local, remote=tuple(t for t in plan.remote if t.node_id != local_node_id))
-    report = ReloadReport()
+    report = ReloadReport(nodes={t.task_id: t.node_id for t in plan.local})
     report.checked = _check_local(swarm, service, plan)
     if job is not None:
         _on_other_nodes(swarm, service, plan, job=job, local_node_id=local_node_id, check_only=True)
@@ -248,7 +267,7 @@ def reload_this_node(swarm: NginxSwarm, service: str, *, check_only: bool) -> Re
     local_node_id = swarm.local_node_id()
     tasks = [t for t in swarm.running_tasks(service) if t.node_id == local_node_id and t.container_id]
     plan = ReloadPlan(local=tuple(tasks), remote=())
-    report = ReloadReport(checked=_check_local(swarm, service, plan))
+    report = ReloadReport(checked=_check_local(swarm, service, plan), nodes={t.task_id: t.node_id for t in tasks})
     if not check_only:
         _signal_local(swarm, service, plan, report)
     return report
@@ -327,8 +346,7 @@ def _check_pair(lineage: str, files: Mapping[str, bytes]) -> None:
 
 def reload_by_secrets(swarm: NginxSwarm, service: str, *, config: ProxyConfig, cert_dir: Path) -> ReloadReport:
     """New versioned secrets for every lineage the config names, mounted where nginx.conf reads them."""
-    lineages = sorted({config.webhook.lineage, *(site.lineage for site in config.sites)})
-    files = read_lineages(cert_dir, lineages)
+    files = read_lineages(cert_dir, config.lineages())
     report = ReloadReport()
     targets: dict[str, tuple[str, str]] = {}
     for lineage, contents in files.items():
