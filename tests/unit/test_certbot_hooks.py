@@ -5,10 +5,14 @@ certbot itself runs the hook in tests/e2e/nginx/test_nginx_certbot.py; here it r
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -134,3 +138,98 @@ def test_example_config_renders() -> None:
     assert rules.proxy is not None
     conf = render_nginx_conf(rules.proxy)
     assert "server_name hooks.example.com;" in conf and "http2 on;" in conf
+
+
+# ---- curl mode: the reload over the receiver's API ------------------------------------------------------
+class _Receiver:
+    """POST /api/proxy/reload as the receiver answers it: 200 with the report, or 422 with nginx's error."""
+
+    def __init__(self, status: int, body: Mapping[str, object]) -> None:
+        self.seen: list[tuple[str, str, str]] = []  # (method, path, Authorization)
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                receiver.seen.append((self.command, self.path, self.headers.get("Authorization", "")))
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/api/proxy/reload"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver_answers() -> Iterator[Callable[[int, Mapping[str, object]], _Receiver]]:
+    made: list[_Receiver] = []
+
+    def make(status: int, body: Mapping[str, object]) -> _Receiver:
+        made.append(_Receiver(status, body))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.stop()
+
+
+def run_curl_hook(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
+    """The hook with only the curl settings, on a PATH without webhook-server: certbot in a container."""
+    if shutil.which("curl") is None:
+        pytest.skip("needs curl")
+    token = tmp_path / "api-token"
+    token.write_text("api-token-from-a-docker-secret-0123456789\n")
+    settings = tmp_path / "reload-proxy.env"
+    settings.write_text(f"WEBHOOK_RELOAD_URL={url}\nWEBHOOK_API_TOKEN_FILE={token}\n")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "WEBHOOK_RELOAD_ENV": str(settings),
+        "RENEWED_LINEAGE": "/etc/letsencrypt/live/example.com",
+        "RENEWED_DOMAINS": "example.com *.example.com",
+    }
+    return subprocess.run([str(HOOK)], env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_curl_mode_posts_the_api_with_the_token_and_logs_the_answer(
+    tmp_path: Path, receiver_answers: Callable[[int, Mapping[str, object]], _Receiver]
+) -> None:
+    receiver = receiver_answers(200, {"reloaded": [{"task": "t1", "node": "n1"}]})
+    result = run_curl_hook(tmp_path, receiver.url)
+    assert result.returncode == 0, result.stderr
+    assert receiver.seen == [("POST", "/api/proxy/reload", "Bearer api-token-from-a-docker-secret-0123456789")]
+    assert 'nginx now serves the renewed certificate for example.com *.example.com: {"reloaded"' in result.stderr
+
+
+def test_curl_mode_fails_loudly_with_nginxs_error(
+    tmp_path: Path, receiver_answers: Callable[[int, Mapping[str, object]], _Receiver]
+) -> None:
+    error = {"error": "proxy_config_invalid", "message": "nginx -t failed in task t1; nothing was reloaded"}
+    receiver = receiver_answers(422, error)
+    result = run_curl_hook(tmp_path, receiver.url)
+    assert result.returncode == 22  # curl's exit status for an HTTP error
+    assert f"ERROR: POST {receiver.url} failed (curl exit 22)" in result.stderr
+    assert "nginx -t failed in task t1; nothing was reloaded" in result.stderr
+    assert "nginx still serves the OLD certificate for example.com *.example.com" in result.stderr
+
+
+def test_curl_mode_without_a_readable_token_file(tmp_path: Path) -> None:
+    settings = tmp_path / "reload-proxy.env"
+    settings.write_text("WEBHOOK_RELOAD_URL=http://127.0.0.1:9/api/proxy/reload\n")
+    env = {"PATH": "/usr/bin:/bin", "WEBHOOK_RELOAD_ENV": str(settings)}
+    result = subprocess.run([str(HOOK)], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "WEBHOOK_API_TOKEN_FILE (unset) cannot be read" in result.stderr
