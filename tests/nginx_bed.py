@@ -402,8 +402,14 @@ def start_challtestsrv(root: Path) -> tuple[subprocess.Popen[bytes], int]:
     return proc, dns_port
 
 
-def start_pebble(root: Path, *, http_port: int, validity_seconds: int = 7776000) -> Pebble:
-    """pebble with its own localhost API certificate, validating http-01 on ``http_port`` (nginx's)."""
+def start_pebble(
+    root: Path, *, http_port: int, validity_seconds: int = 7776000, dns_server: str | None = None
+) -> Pebble:
+    """pebble with its own localhost API certificate, validating http-01 on ``http_port`` (nginx's).
+
+    ``dns_server`` (``127.0.0.1:PORT``): the DNS pebble asks, for DNS-01 (a real bind9, tests/dns_bed.py),
+    instead of a pebble-challtestsrv of its own; authorizations are then never reused, so every renewal
+    validates through DNS again."""
     api_cert, api_key = self_signed(root / "api", ["localhost", "127.0.0.1"])
     acme_port, management_port = free_port(), free_port()
     (root / "pebble.json").write_text(
@@ -425,9 +431,13 @@ def start_pebble(root: Path, *, http_port: int, validity_seconds: int = 7776000)
     )
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        dns_proc, dns_port = start_challtestsrv(root)
-        procs.append(dns_proc)
         env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
+        if dns_server is None:
+            dns_proc, dns_port = start_challtestsrv(root)
+            procs.append(dns_proc)
+        else:
+            dns_port = int(dns_server.rsplit(":", 1)[1])
+            env["PEBBLE_AUTHZREUSE"] = "0"
         proc = subprocess.Popen(
             ["pebble", "-config", str(root / "pebble.json"), "-dnsserver", f"127.0.0.1:{dns_port}"],
             stdout=(root / "pebble.log").open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
@@ -459,6 +469,8 @@ class Certbot:
     root: Path
     pebble: Pebble
     env: dict[str, str] = field(default_factory=dict)
+    # Left out of certbot's environment (and so of its hooks'): DOCKER_HOST, say, to prove a hook needs none.
+    unset: tuple[str, ...] = ()
 
     @property
     def config_dir(self) -> Path:
@@ -474,6 +486,8 @@ class Certbot:
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "REQUESTS_CA_BUNDLE": str(self.pebble.ca_bundle), **self.env}
+        for name in self.unset:
+            env.pop(name, None)
         proc = subprocess.run(
             ["certbot", *args,
              "--config-dir", str(self.config_dir), "--work-dir", str(self.root / "work"),

@@ -6,14 +6,16 @@ client source address (127.0.0.x) so rate limits keyed on it do not leak between
 
 from __future__ import annotations
 
+import io
 import shutil
-from collections.abc import Iterator
+import tarfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.bed import RootfsUnavailable, bed_required, free_port, stop_process
+from tests.bed import RootfsUnavailable, SwarmBed, bed_required, free_port, stop_process
 from tests.nginx_bed import (
     Nginx,
     Recorder,
@@ -152,3 +154,41 @@ def debian_rootfs() -> Iterator[Rootfs]:
         yield rootfs
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+# ---- nginx as a Swarm service (reload-proxy, and the reload over the API) ----------------------------
+# Where the service's host directory (nginx.conf, certificates) is bind-mounted.
+MOUNT = "/srv/proxy"
+# The official nginx image's way: a wrapper entrypoint that execs its Cmd. A plain `nginx -t` in such a
+# container checks the image's /etc/nginx/nginx.conf, not the -c file its nginx runs.
+ENTRYPOINT = '#!/bin/sh\nset -e\nexec "$@"\n'
+STARTS = {
+    "command": [f'CMD ["nginx", "-c", "{MOUNT}/nginx.conf", "-g", "daemon off;"]'],
+    "entrypoint": [
+        'ENTRYPOINT ["/docker-entrypoint.sh"]',
+        f'CMD ["nginx", "-c", "{MOUNT}/nginx.conf", "-g", "daemon off;"]',
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def nginx_images(swarm_bed: SwarmBed, debian_rootfs: Rootfs) -> Callable[[str], str]:
+    """The test image started each way of STARTS, made on first use."""
+    made: dict[str, str] = {}
+
+    def image(start: str) -> str:
+        if start not in made:
+            tar = debian_rootfs.tar(swarm_bed.root / f"nginx-{start}.tar")
+            try:
+                with tarfile.open(tar, "a") as archive:
+                    entry = tarfile.TarInfo("./docker-entrypoint.sh")
+                    entry.size, entry.mode = len(ENTRYPOINT), 0o755
+                    archive.addfile(entry, io.BytesIO(ENTRYPOINT.encode()))
+                version = f"{debian_rootfs.build.nginx[0]}.{debian_rootfs.build.nginx[1]}"
+                ref = f"{swarm_bed.registry}/proxy/nginx-{start}:{version}"
+                made[start] = swarm_bed.import_rootfs(tar, ref, changes=STARTS[start])
+            finally:
+                tar.unlink(missing_ok=True)
+        return made[start]
+
+    return image

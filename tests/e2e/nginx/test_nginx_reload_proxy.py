@@ -9,10 +9,8 @@ new workers, the new certificate served, and not one failed request meanwhile.
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
-import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,9 +21,9 @@ import pytest
 from click.testing import CliRunner
 
 from tests.bed import SwarmBed, free_port, wait_for
+from tests.e2e.nginx.conftest import MOUNT, STARTS
 from tests.nginx_bed import (
     Recorder,
-    Rootfs,
     children,
     make_dir,
     request,
@@ -42,42 +40,6 @@ from webhook_server.swarm.proxy import SwarmProxy
 pytestmark = [pytest.mark.nginx, pytest.mark.swarm]
 
 HOOKS = "hooks.test"
-MOUNT = "/srv/proxy"
-
-
-# The official nginx image's way: a wrapper entrypoint that execs its Cmd. A plain `nginx -t` in such a
-# container checks the image's /etc/nginx/nginx.conf, not the -c file its nginx runs.
-ENTRYPOINT = '#!/bin/sh\nset -e\nexec "$@"\n'
-STARTS = {
-    "command": [f'CMD ["nginx", "-c", "{MOUNT}/nginx.conf", "-g", "daemon off;"]'],
-    "entrypoint": [
-        'ENTRYPOINT ["/docker-entrypoint.sh"]',
-        f'CMD ["nginx", "-c", "{MOUNT}/nginx.conf", "-g", "daemon off;"]',
-    ],
-}
-
-
-@pytest.fixture(scope="session")
-def nginx_images(swarm_bed: SwarmBed, debian_rootfs: Rootfs) -> Callable[[str], str]:
-    """The test image started each way of STARTS, made on first use."""
-    made: dict[str, str] = {}
-
-    def image(start: str) -> str:
-        if start not in made:
-            tar = debian_rootfs.tar(swarm_bed.root / f"nginx-{start}.tar")
-            try:
-                with tarfile.open(tar, "a") as archive:
-                    entry = tarfile.TarInfo("./docker-entrypoint.sh")
-                    entry.size, entry.mode = len(ENTRYPOINT), 0o755
-                    archive.addfile(entry, io.BytesIO(ENTRYPOINT.encode()))
-                version = f"{debian_rootfs.build.nginx[0]}.{debian_rootfs.build.nginx[1]}"
-                ref = f"{swarm_bed.registry}/proxy/nginx-{start}:{version}"
-                made[start] = swarm_bed.import_rootfs(tar, ref, changes=STARTS[start])
-            finally:
-                tar.unlink(missing_ok=True)
-        return made[start]
-
-    return image
 
 
 @dataclass
