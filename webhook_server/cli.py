@@ -22,7 +22,7 @@ from webhook_server.errors import ConfigError, WebhookError
 from webhook_server.executor import Executor, ExecutorLock, lock_path
 from webhook_server.journal import Deployment, Journal
 from webhook_server.operations import dry_run as try_deploy
-from webhook_server.operations import open_journal, request_deploy, request_rollback
+from webhook_server.operations import journal_is_new, open_journal, request_deploy, request_rollback
 from webhook_server.proxy.commands import reload_proxy, render_nginx
 from webhook_server.rules import RuleSet, RulesSource, load_rules
 from webhook_server.settings import NEW_INSTALL_TOKEN_LENGTH, Settings, load_settings
@@ -56,11 +56,11 @@ def _settings() -> Settings:
 
 
 def _journal(settings: Settings) -> Journal:
-    """The journal, saying which file when this command creates it (a wrong WEBHOOK_DB or cwd shows here)."""
-    new = not settings.db_path.exists()
-    journal = open_journal(settings.db_path)
+    """The journal, saying which when this command creates it (a wrong WEBHOOK_DB or cwd shows here)."""
+    new = journal_is_new(settings.journal_location)
+    journal = open_journal(settings.journal_location)
     if new:
-        click.echo(f"webhook-server: new journal at {settings.db_path}", err=True)
+        click.echo(f"webhook-server: new journal at {settings.journal_name}", err=True)
     return journal
 
 
@@ -97,18 +97,19 @@ def serve(bind: str, workers: int, connections: int) -> None:
     missing = [n for n, v in tokens if v is None]
     if missing:
         raise ConfigError(f"set {' and '.join(missing)} (or {missing[0]}_FILE) to long random strings")
-    if not settings.db_path.exists():
+    if journal_is_new(settings.journal_location):
         short = [n for n, v in tokens if v is not None and len(v.get_secret_value()) < NEW_INSTALL_TOKEN_LENGTH]
         if short:
+            absent = "has no journal" if settings.db_url is not None else "does not exist"
             raise ConfigError(
                 f"{' and '.join(short)}: a new install needs tokens of at least {NEW_INSTALL_TOKEN_LENGTH} "
-                f"characters (openssl rand -base64 32); this is a new install: {settings.db_path} does not exist yet"
+                f"characters (openssl rand -base64 32); this is a new install: {settings.journal_name} {absent} yet"
             )
     address = server.parse_bind(bind)
     # Everything a worker needs is checked here, once, so a mistake is one line and not a traceback per worker.
     rules = load_rules(settings.rules_path)
     notify.check_urls(settings.notify_url_values(), source="WEBHOOK_NOTIFY_URLS")
-    open_journal(settings.db_path)
+    open_journal(settings.journal_location).close()
     server.check_free(address)
     if not server.patched():
         server.exec_patched(
@@ -255,14 +256,14 @@ main.add_command(reload_proxy)
 def history(service: str | None, limit: int, as_json: bool) -> None:
     """Recent deployments, newest first (times in UTC)."""
     settings = _settings()
-    new = not settings.db_path.exists()
-    journal = open_journal(settings.db_path)
+    new = journal_is_new(settings.journal_location)
+    journal = open_journal(settings.journal_location)
     rows = journal.find(service=service, limit=limit)
     if as_json:
         display.print_json([deployment_detail(journal, d, transitions=False) for d in rows])
         return
     if not rows:
-        click.echo(f"no deployments recorded in {settings.db_path}" + (" (new journal)" if new else ""))
+        click.echo(f"no deployments recorded in {settings.journal_name}" + (" (new journal)" if new else ""))
         return
     for line in history_table(rows, now=datetime.now(UTC)):
         click.echo(line)

@@ -121,3 +121,23 @@ class UpdateUncertain(DockerError):
 
     http_status = 504
     code = "update_uncertain"
+
+
+class JournalError(WebhookError):
+    """The journal (the SQLite file or PostgreSQL) failed an operation; the message names it, never its
+    password, and says what the database said."""
+
+    code = "journal_error"
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"journal {name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class JournalUnavailable(JournalError):
+    """The journal cannot be reached or used now (database down or restarting, connection lost, locked too
+    long). What raised it was not confirmed stored (a 202 must not be given); the caller may try again."""
+
+    http_status = 503
+    code = "journal_unavailable"

@@ -1,107 +1,82 @@
-"""The journal: every push, every deployment and each of its transitions, in one SQLite file (WAL).
+"""The journal: every push, every deployment and each of its transitions, in one SQLite file (WAL, the
+default) or in PostgreSQL (shared by several receivers), through one set of queries (SQLAlchemy Core).
 
-It is also the queue. Any process may accept pushes; only the executor claims work. Each call opens its own
-short connection, so threads and gunicorn workers never share one; writes take SQLite's write lock at once
-(BEGIN IMMEDIATE) so a read-decide-write never races another writer.
+It is also the queue. Any process may accept pushes; only the executor claims work. A read-decide-write
+locks what it decides on: SQLite takes its write lock at once (BEGIN IMMEDIATE); PostgreSQL locks the rows
+(SELECT ... FOR UPDATE), so two claimers of one service take turns and the second sees what the first did.
+On SQLite each call opens its own short connection, so threads and gunicorn workers never share one; on
+PostgreSQL each process keeps a small pool.
 
-Accepting is durable: its transaction commits with ``synchronous=FULL``, so a 202 means the push survives a
-power cut. The executor's own bookkeeping uses NORMAL (WAL keeps the file consistent; the last transitions
-may be lost on power loss and are re-derived from Swarm when the executor resumes).
+Accepting is durable: a 202 means the push is committed (SQLite: synchronous=FULL, so it survives a power
+cut; PostgreSQL: synchronous_commit on for that transaction whatever the server's default). The executor's
+own bookkeeping on SQLite uses NORMAL (WAL keeps the file consistent; the last transitions may be lost on
+power loss and are re-derived from Swarm when the executor resumes).
+
+A database that cannot be reached raises JournalUnavailable, any other database error JournalError: no
+driver exception leaves this module. Leases (acquire_lease ...) elect one executor among receivers by the
+database's clock.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import sqlite3
+import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
+from sqlalchemy import (
+    URL,
+    Connection,
+    Engine,
+    Insert,
+    case,
+    create_engine,
+    event,
+    exc,
+    func,
+    inspect,
+    make_url,
+    or_,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.pool import NullPool
 
-from webhook_server.errors import ConfigError, DeploymentNotFound
+from webhook_server.errors import DeploymentNotFound, JournalError, JournalUnavailable
+from webhook_server.journal_schema import SCHEMA_VERSION, db_clock, migrate
+from webhook_server.journal_schema import deployments as D
+from webhook_server.journal_schema import leases as L
+from webhook_server.journal_schema import notifications as N
+from webhook_server.journal_schema import pushes as P
+from webhook_server.journal_schema import transitions as T
 from webhook_server.matching import Candidate, Coalesced, DeployPlan
+from webhook_server.settings import POSTGRESQL_SCHEMES
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "TERMINAL",
+    "Deployment",
+    "Journal",
+    "Lease",
+    "PushRecord",
+    "is_postgresql",
+    "journal_exists",
+    "journal_name",
+]
 
 log = logging.getLogger(__name__)
 
 Trigger = Literal["dockerhub", "manual", "rollback"]
 State = Literal["queued", "running", "succeeded", "rolled_back", "failed", "skipped", "superseded"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "rolled_back", "failed", "skipped", "superseded"})
-
-# Each entry upgrades the schema by one version (PRAGMA user_version); a journal from any earlier release is
-# brought up to date in place when it is opened. Version 1 is the original schema (IF NOT EXISTS: journals made
-# before versioning have it already, at user_version 0).
-_MIGRATIONS: tuple[str, ...] = (
-    """
-CREATE TABLE IF NOT EXISTS pushes (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    received_at TEXT NOT NULL,
-    trigger TEXT NOT NULL,
-    repository TEXT,
-    tag TEXT,
-    pusher TEXT,
-    client TEXT,
-    callback_url TEXT,
-    outcome TEXT NOT NULL,
-    reason TEXT
-);
-CREATE TABLE IF NOT EXISTS deployments (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    push_id INTEGER REFERENCES pushes(id),
-    service TEXT NOT NULL,
-    repository TEXT NOT NULL,
-    image TEXT NOT NULL,
-    tag TEXT NOT NULL,
-    trigger TEXT NOT NULL,
-    pinned_ref TEXT,
-    digest TEXT,
-    image_ref TEXT,
-    previous_image TEXT,
-    state TEXT NOT NULL,
-    message TEXT,
-    superseded_by INTEGER REFERENCES deployments(id),
-    attempts INTEGER NOT NULL DEFAULT 0,
-    not_before TEXT,
-    update_marker TEXT,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    started_at TEXT,
-    finished_at TEXT
-);
-CREATE INDEX IF NOT EXISTS deployments_by_service_state ON deployments(service, state);
-CREATE TABLE IF NOT EXISTS transitions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    deployment_id INTEGER NOT NULL REFERENCES deployments(id),
-    at TEXT NOT NULL,
-    state TEXT NOT NULL,
-    message TEXT
-);
-CREATE INDEX IF NOT EXISTS transitions_by_deployment ON transitions(deployment_id);
-""",
-    # When Docker first failed for this deployment: the retry limit counts from here, not from arrival.
-    "ALTER TABLE deployments ADD COLUMN first_failed_at TEXT;",
-    # Each attempt to tell someone about a deployment's outcome; the target is a redacted label, never a URL.
-    """
-CREATE TABLE IF NOT EXISTS notifications (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    deployment_id INTEGER NOT NULL REFERENCES deployments(id),
-    at TEXT NOT NULL,
-    target TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    detail TEXT
-);
-CREATE INDEX IF NOT EXISTS notifications_by_deployment ON notifications(deployment_id);
-""",
-    # The nodes that ran the deployment's tasks (hostnames, comma-separated), recorded when it ends.
-    "ALTER TABLE deployments ADD COLUMN nodes TEXT;",
-    # The id of the request that caused it, so logs follow a push from its accept to its outcome.
-    "ALTER TABLE pushes ADD COLUMN request_id TEXT; ALTER TABLE deployments ADD COLUMN request_id TEXT;",
-)
-
 
 _ARRIVAL: dict[str, str] = {
     "dockerhub": "Docker Hub push of {tag}",
@@ -184,21 +159,156 @@ class PushRecord:
     request_id: str | None = None
 
 
-SCHEMA_VERSION = len(_MIGRATIONS)
+class Lease(BaseModel):
+    """Who holds a lease now, in which tenure (epoch), and for how much longer by the database's clock."""
+
+    model_config = ConfigDict(frozen=True)
+
+    holder: str
+    epoch: int
+    remaining: timedelta
 
 
 Listener = Callable[["Deployment"], None]
 
+# libpq settings a PostgreSQL journal gets unless its URL sets them. A dead or unreachable server fails a
+# call within seconds (never a request hanging for the kernel's minutes), and the server ends the
+# transaction of a client that vanished holding row locks, so the others' claims do not wait on it forever.
+_POSTGRESQL_DEFAULTS: Mapping[str, str] = {
+    "connect_timeout": "5",
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
+    "keepalives_count": "2",
+    "tcp_user_timeout": "10000",  # ms
+    "options": "-c idle_in_transaction_session_timeout=10s -c lock_timeout=10s",
+}
+
+# A forked child (a gunicorn worker) must not use its parent's pooled connections; it opens its own.
+_pooled: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _forget_pools() -> None:
+    for engine in list(_pooled):
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_pools)
+
+
+def is_postgresql(location: Path | str) -> bool:
+    """Whether ``location`` names a PostgreSQL journal (a URL) rather than an SQLite file."""
+    return isinstance(location, str) and location.startswith(POSTGRESQL_SCHEMES)
+
+
+def journal_name(location: Path | str) -> str:
+    """The journal as messages name it: its file, or its PostgreSQL URL without user or password."""
+    if not is_postgresql(location):
+        return str(location)
+    try:
+        url = make_url(str(location))
+        return URL.create("postgresql", host=url.host, port=url.port, database=url.database).render_as_string()
+    except (exc.ArgumentError, ValueError):
+        return "postgresql://(an invalid URL)"
+
+
+@contextlib.contextmanager
+def _translated(name: str) -> Iterator[None]:
+    """Turn the driver's errors into the project's: the database's own words, without SQL or parameters."""
+    try:
+        yield
+    except exc.DBAPIError as e:
+        reason = " ".join(str(e.orig).split()) or type(e.orig).__name__
+        if isinstance(e, exc.OperationalError | exc.InterfaceError) or e.connection_invalidated:
+            raise JournalUnavailable(name, reason) from e
+        raise JournalError(name, reason) from e
+    except exc.TimeoutError as e:  # every pooled connection busy for too long
+        raise JournalUnavailable(name, "no database connection free") from e
+
+
+def _engine(location: Path | str) -> Engine:
+    if not is_postgresql(location):
+        # NullPool: a connection per call, as SQLite wants across threads and forks.
+        engine = create_engine(
+            URL.create("sqlite+pysqlite", database=str(location)), poolclass=NullPool, connect_args={"timeout": 30.0}
+        )
+        event.listen(engine, "connect", _sqlite_connected)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    try:
+        url = make_url(str(location)).set(drivername="postgresql+psycopg")
+    except (exc.ArgumentError, ValueError):
+        # Never the URL itself in the message: it holds the password.
+        raise JournalError(
+            journal_name(location), "not a valid postgresql://USER:PASSWORD@HOST:PORT/DATABASE URL"
+        ) from None
+    defaults = {k: v for k, v in _POSTGRESQL_DEFAULTS.items() if k not in url.query}
+    engine = create_engine(
+        url, pool_size=5, max_overflow=10, pool_timeout=10, pool_pre_ping=True, connect_args=defaults
+    )
+    _pooled.add(engine)
+    return engine
+
+
+def _sqlite_connected(dbapi_connection: Any, _record: Any) -> None:
+    # The sqlite3 module's own transaction handling off: _sqlite_begin says BEGIN, as the journal needs it.
+    dbapi_connection.isolation_level = None
+    # Outside any transaction, where SQLite allows it; on a file already in WAL mode this changes nothing.
+    dbapi_connection.execute("PRAGMA journal_mode=WAL")
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    options = conn.get_execution_options()
+    conn.exec_driver_sql(f"PRAGMA synchronous={'FULL' if options.get('journal_durable') else 'NORMAL'}")
+    # Writes take the write lock at once, so a read-decide-write never races another writer.
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("journal_write") else "BEGIN")
+
+
+def journal_exists(location: Path | str) -> bool:
+    """Whether a journal is already at ``location``; creates nothing (a new install is told it is one)."""
+    if not is_postgresql(location):
+        return Path(location).exists()
+    engine = _engine(location)
+    try:
+        with _translated(journal_name(location)), engine.connect() as conn:
+            return inspect(conn).has_table(D.name)
+    finally:
+        engine.dispose()
+
 
 class Journal:
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
+    def __init__(self, location: Path | str) -> None:
+        """Open (and create or upgrade) the journal at ``location``: an SQLite file, or a postgresql:// URL."""
+        self.name = journal_name(location)
+        self.backend: Literal["sqlite", "postgresql"] = "postgresql" if is_postgresql(location) else "sqlite"
+        self.file: Path | None = None if self.backend == "postgresql" else Path(location)
         self._listeners: list[Listener] = []
-        if str(self.path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-        self._migrate()
+        if self.file is not None and str(self.file) != ":memory:":
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+        self._engine = _engine(location)
+        with self._write() as conn:
+            migrate(conn, name=self.name)
+
+    @property
+    def shared(self) -> bool:
+        """Whether receivers on other hosts may share this journal (PostgreSQL), so leases elect the executor."""
+        return self.backend == "postgresql"
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file, for what lives beside it (the executor's lock): a PostgreSQL journal has none."""
+        if self.file is None:
+            raise JournalError(self.name, "a PostgreSQL journal has no file")
+        return self.file
+
+    def close(self) -> None:
+        """Close pooled connections (PostgreSQL); the journal opens new ones if used again."""
+        self._engine.dispose()
+
+    def ping(self) -> None:
+        """Return when the database answers now; JournalUnavailable otherwise (for readiness checks)."""
+        with self._read() as conn:
+            conn.execute(select(1))
 
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener`` with every deployment this journal moves to a final state, after it is stored.
@@ -220,40 +330,20 @@ class Journal:
                 except Exception:
                     log.exception("deployment %s: an outcome listener failed", deployment_id)
 
-    def _migrate(self) -> None:
-        with self._write() as conn:
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise ConfigError(
-                    f"{self.path}: journal schema version {version} is newer than this release knows"
-                    f" ({SCHEMA_VERSION}); upgrade webhook-server"
-                )
-            for step in _MIGRATIONS[version:]:
-                for statement in (s for s in step.split(";") if s.strip()):
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
     @contextlib.contextmanager
-    def _connect(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        try:
-            conn.execute("PRAGMA busy_timeout=30000")
-            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+    def _read(self) -> Iterator[Connection]:
+        with _translated(self.name), self._engine.connect() as conn:
             yield conn
-        finally:
-            conn.close()
 
     @contextlib.contextmanager
-    def _write(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
-        with self._connect(durable=durable) as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+    def _write(self, *, durable: bool = False) -> Iterator[Connection]:
+        """One transaction that commits when the block ends (or rolls back if it raises)."""
+        with _translated(self.name), self._engine.connect() as conn:
+            conn.execution_options(journal_write=True, journal_durable=durable)
+            with conn.begin():
+                if durable and self.backend == "postgresql":
+                    conn.execute(text("SET LOCAL synchronous_commit = on"))
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
 
     # ---- accepting -------------------------------------------------------------------------------
     def accept(
@@ -265,25 +355,24 @@ class Journal:
             push_id = self._insert_push(conn, push, outcome="accepted", reason=None, at=now)
             ids = []
             for plan in plans:
-                cur = conn.execute(
-                    "INSERT INTO deployments (push_id, service, repository, image, tag, trigger, pinned_ref,"
-                    " request_id, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
-                    (
-                        push_id,
-                        plan.service,
-                        plan.repository,
-                        plan.image,
-                        plan.tag,
-                        push.trigger,
-                        pinned_ref,
-                        push.request_id,
-                        now,
-                        now,
+                dep_id = _inserted(
+                    conn,
+                    D.insert().values(
+                        push_id=push_id,
+                        service=plan.service,
+                        repository=plan.repository,
+                        image=plan.image,
+                        tag=plan.tag,
+                        trigger=push.trigger,
+                        pinned_ref=pinned_ref,
+                        request_id=push.request_id,
+                        state="queued",
+                        created_at=now,
+                        updated_at=now,
                     ),
                 )
-                assert cur.lastrowid is not None
-                ids.append(cur.lastrowid)
-                self._log_transition(conn, cur.lastrowid, "queued", _ARRIVAL[push.trigger].format(tag=plan.tag), now)
+                ids.append(dep_id)
+                self._log_transition(conn, dep_id, "queued", _ARRIVAL[push.trigger].format(tag=plan.tag), now)
         return [self.get(i) for i in ids]
 
     def record_ignored(self, push: PushRecord, reason: str) -> int:
@@ -291,33 +380,30 @@ class Journal:
             return self._insert_push(conn, push, outcome="ignored", reason=reason, at=_now())
 
     @staticmethod
-    def _insert_push(conn: sqlite3.Connection, push: PushRecord, *, outcome: str, reason: str | None, at: str) -> int:
-        cur = conn.execute(
-            "INSERT INTO pushes (received_at, trigger, repository, tag, pusher, client, callback_url, outcome,"
-            " reason, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                at,
-                push.trigger,
-                push.repository,
-                push.tag,
-                push.pusher,
-                push.client,
-                push.callback_url,
-                outcome,
-                reason,
-                push.request_id,
+    def _insert_push(conn: Connection, push: PushRecord, *, outcome: str, reason: str | None, at: str) -> int:
+        return _inserted(
+            conn,
+            P.insert().values(
+                received_at=at,
+                trigger=push.trigger,
+                repository=push.repository,
+                tag=push.tag,
+                pusher=push.pusher,
+                client=push.client,
+                callback_url=push.callback_url,
+                outcome=outcome,
+                reason=reason,
+                request_id=push.request_id,
             ),
         )
-        assert cur.lastrowid is not None
-        return cur.lastrowid
 
     # ---- reading ---------------------------------------------------------------------------------
     def get(self, deployment_id: int) -> Deployment:
-        with self._connect() as conn:
-            row = conn.execute("SELECT * FROM deployments WHERE id = ?", (deployment_id,)).fetchone()
+        with self._read() as conn:
+            row = conn.execute(select(D).where(D.c.id == deployment_id)).one_or_none()
         if row is None:
             raise DeploymentNotFound(f"no deployment with id {deployment_id}")
-        return Deployment(**dict(row))
+        return Deployment(**row._mapping)
 
     def wait_done(self, deployment_id: int, *, timeout: float | None = None, interval: float = 0.25) -> Deployment:
         """Poll until the deployment reaches a final state (or ``timeout`` passes); return it as it is then."""
@@ -329,58 +415,54 @@ class Journal:
             time.sleep(interval)
 
     def find(self, *, service: str | None = None, state: str | None = None, limit: int = 50) -> list[Deployment]:
-        query, args = "SELECT * FROM deployments WHERE 1=1", []
+        query = select(D).order_by(D.c.id.desc()).limit(limit)
         if service:
-            query += " AND service = ?"
-            args.append(service)
+            query = query.where(D.c.service == service)
         if state:
-            query += " AND state = ?"
-            args.append(state)
-        query += " ORDER BY id DESC LIMIT ?"
-        with self._connect() as conn:
-            rows = conn.execute(query, (*args, limit)).fetchall()
-        return [Deployment(**dict(r)) for r in rows]
+            query = query.where(D.c.state == state)
+        return self._deployments(query)
+
+    def _deployments(self, query: Any) -> list[Deployment]:
+        with self._read() as conn:
+            return [Deployment(**r._mapping) for r in conn.execute(query)]
 
     def transitions(self, deployment_id: int) -> list[Transition]:
-        with self._connect() as conn:
-            rows = conn.execute(
-                "SELECT at, state, message FROM transitions WHERE deployment_id = ? ORDER BY id",
-                (deployment_id,),
-            ).fetchall()
-        return [Transition(**dict(r)) for r in rows]
+        query = select(T.c.at, T.c.state, T.c.message).where(T.c.deployment_id == deployment_id).order_by(T.c.id)
+        with self._read() as conn:
+            return [Transition(**r._mapping) for r in conn.execute(query)]
 
     def push_outcome(self, push_id: int) -> tuple[str | None, list[Deployment]]:
         """A push's callback URL as Docker Hub sent it, and every deployment it caused."""
-        with self._connect() as conn:
-            row = conn.execute("SELECT callback_url FROM pushes WHERE id = ?", (push_id,)).fetchone()
-            rows = conn.execute("SELECT * FROM deployments WHERE push_id = ? ORDER BY id", (push_id,)).fetchall()
-        return (row[0] if row is not None else None), [Deployment(**dict(r)) for r in rows]
+        with self._read() as conn:
+            url = conn.execute(select(P.c.callback_url).where(P.c.id == push_id)).scalar_one_or_none()
+            rows = conn.execute(select(D).where(D.c.push_id == push_id).order_by(D.c.id)).all()
+        return url, [Deployment(**r._mapping) for r in rows]
 
     def record_notification(
         self, deployment_id: int, *, target: str, outcome: Literal["sent", "failed"], detail: str | None = None
     ) -> None:
         with self._write() as conn:
             conn.execute(
-                "INSERT INTO notifications (deployment_id, at, target, outcome, detail) VALUES (?, ?, ?, ?, ?)",
-                (deployment_id, _now(), target, outcome, detail),
+                N.insert().values(deployment_id=deployment_id, at=_now(), target=target, outcome=outcome, detail=detail)
             )
 
     def notifications(self, deployment_id: int) -> list[Notification]:
-        with self._connect() as conn:
-            rows = conn.execute(
-                "SELECT at, target, outcome, detail FROM notifications WHERE deployment_id = ? ORDER BY id",
-                (deployment_id,),
-            ).fetchall()
-        return [Notification(**dict(r)) for r in rows]
+        query = (
+            select(N.c.at, N.c.target, N.c.outcome, N.c.detail)
+            .where(N.c.deployment_id == deployment_id)
+            .order_by(N.c.id)
+        )
+        with self._read() as conn:
+            return [Notification(**r._mapping) for r in conn.execute(query)]
 
     def services_with_queued_work(self) -> list[str]:
-        with self._connect() as conn:
-            rows = conn.execute(
-                "SELECT DISTINCT service FROM deployments WHERE state = 'queued'"
-                " AND (not_before IS NULL OR not_before <= ?)",
-                (_now(),),
-            ).fetchall()
-        return [r["service"] for r in rows]
+        query = (
+            select(D.c.service)
+            .distinct()
+            .where(D.c.state == "queued", or_(D.c.not_before.is_(None), D.c.not_before <= _now()))
+        )
+        with self._read() as conn:
+            return list(conn.execute(query).scalars())
 
     def running(self, *, ready_only: bool = False) -> list[Deployment]:
         """Deployments in progress; ``ready_only`` leaves out those waiting to retry following Swarm."""
@@ -392,33 +474,28 @@ class Journal:
 
     def pushes(self, *, limit: int = 50) -> list[dict[str, object]]:
         """Recent pushes as received, accepted or ignored, newest first."""
-        with self._connect() as conn:
-            rows = conn.execute("SELECT * FROM pushes ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        return [dict(r) for r in rows]
+        with self._read() as conn:
+            return [dict(r._mapping) for r in conn.execute(select(P).order_by(P.c.id.desc()).limit(limit))]
 
     def count_pushes(self) -> int:
-        with self._connect() as conn:
-            return int(conn.execute("SELECT COUNT(*) FROM pushes").fetchone()[0])
+        with self._read() as conn:
+            return int(conn.execute(select(func.count()).select_from(P)).scalar_one())
 
     def last_succeeded(self, service: str) -> list[Deployment]:
         """Succeeded deployments of ``service``, newest first (the history rollbacks choose from)."""
-        with self._connect() as conn:
-            rows = conn.execute(
-                "SELECT * FROM deployments WHERE service = ? AND state = 'succeeded' AND image_ref IS NOT NULL"
-                " ORDER BY id DESC",
-                (service,),
-            ).fetchall()
-        return [Deployment(**dict(r)) for r in rows]
+        return self._deployments(
+            select(D)
+            .where(D.c.service == service, D.c.state == "succeeded", D.c.image_ref.is_not(None))
+            .order_by(D.c.id.desc())
+        )
 
     def first_previous_image(self, service: str) -> Deployment | None:
         """The oldest deployment of ``service`` that recorded what ran before it: the image the service had
         before this tool first touched it."""
-        with self._connect() as conn:
-            row = conn.execute(
-                "SELECT * FROM deployments WHERE service = ? AND previous_image IS NOT NULL ORDER BY id LIMIT 1",
-                (service,),
-            ).fetchone()
-        return Deployment(**dict(row)) if row is not None else None
+        found = self._deployments(
+            select(D).where(D.c.service == service, D.c.previous_image.is_not(None)).order_by(D.c.id).limit(1)
+        )
+        return found[0] if found else None
 
     # ---- executing -------------------------------------------------------------------------------
     def claim(self, service: str, decide: Callable[[Sequence[Candidate]], Coalesced]) -> Deployment | None:
@@ -426,24 +503,25 @@ class Journal:
         skipped, and the chosen one running (returned). None when there is nothing to run now."""
         now = _now()
         with self._write() as conn:
-            # At most one rollout per service, whoever asks: the journal is the arbiter, not a process.
-            if conn.execute("SELECT 1 FROM deployments WHERE service = ? AND state = 'running'", (service,)).fetchone():
-                return None
+            # At most one rollout per service, whoever asks: the journal is the arbiter, not a process. The
+            # service's queued and running rows stay locked until this decision commits (PostgreSQL; SQLite
+            # holds its write lock), so a concurrent claim waits, then finds the one this made running.
             rows = conn.execute(
-                "SELECT id, tag, not_before, pinned_ref FROM deployments WHERE service = ? AND state = 'queued'"
-                " ORDER BY id",
-                (service,),
-            ).fetchall()
-            if not rows:
+                select(D.c.id, D.c.tag, D.c.not_before, D.c.pinned_ref, D.c.state)
+                .where(D.c.service == service, D.c.state.in_(("queued", "running")))
+                .order_by(D.c.id)
+                .with_for_update()
+            ).all()
+            if not rows or any(r.state == "running" for r in rows):
                 return None
             decision = decide(
                 [
                     Candidate(
-                        id=r["id"],
-                        tag=r["tag"],
-                        order=r["id"],
-                        pinned=r["pinned_ref"] is not None,
-                        ready=not (r["not_before"] and r["not_before"] > now),
+                        id=r.id,
+                        tag=r.tag,
+                        order=r.id,
+                        pinned=r.pinned_ref is not None,
+                        ready=not (r.not_before and r.not_before > now),
                     )
                     for r in rows
                 ]
@@ -453,24 +531,25 @@ class Journal:
             best = decision.chosen
             if best is not None:
                 for loser in decision.superseded:
-                    conn.execute("UPDATE deployments SET superseded_by = ? WHERE id = ?", (best.id, loser.id))
+                    conn.execute(D.update().where(D.c.id == loser.id).values(superseded_by=best.id))
                     self._end(conn, loser.id, "superseded", f"superseded by deployment {best.id} ({best.tag})", now)
                 self._run(conn, best.id, now)
         self._tell([c.id for c, _ in decision.refused] + [c.id for c in decision.superseded])
         return self.get(best.id) if best is not None else None
 
-    def _run(self, conn: sqlite3.Connection, deployment_id: int, now: str) -> None:
+    def _run(self, conn: Connection, deployment_id: int, now: str) -> None:
         conn.execute(
-            "UPDATE deployments SET state = 'running', started_at = COALESCE(started_at, ?), updated_at = ?,"
-            " not_before = NULL WHERE id = ?",
-            (now, now, deployment_id),
+            D.update()
+            .where(D.c.id == deployment_id)
+            .values(state="running", started_at=func.coalesce(D.c.started_at, now), updated_at=now, not_before=None)
         )
         self._log_transition(conn, deployment_id, "running", "claimed by the executor", now)
 
-    def _end(self, conn: sqlite3.Connection, deployment_id: int, state: State, message: str, now: str) -> None:
+    def _end(self, conn: Connection, deployment_id: int, state: State, message: str, now: str) -> None:
         conn.execute(
-            "UPDATE deployments SET state = ?, message = ?, updated_at = ?, finished_at = ? WHERE id = ?",
-            (state, message, now, now, deployment_id),
+            D.update()
+            .where(D.c.id == deployment_id)
+            .values(state=state, message=message, updated_at=now, finished_at=now)
         )
         self._log_transition(conn, deployment_id, state, message, now)
 
@@ -498,26 +577,17 @@ class Journal:
         if unknown:
             raise ValueError(f"cannot set {sorted(unknown)}")
         now = _now()
-        sets: list[str] = ["updated_at = ?"]
-        args: list[object] = [now]
+        values: dict[str, object] = {"updated_at": now, **fields}
         if state is not None:
-            sets.append("state = ?")
-            args.append(state)
+            values["state"] = state
             if state in TERMINAL:
-                sets.append("finished_at = ?")
-                args.append(now)
+                values["finished_at"] = now
         if message is not None:
-            sets.append("message = ?")
-            args.append(message)
-        for key, value in fields.items():
-            sets.append(f"{key} = ?")
-            args.append(value)
+            values["message"] = message
         with self._write() as conn:
-            conn.execute(f"UPDATE deployments SET {', '.join(sets)} WHERE id = ?", (*args, deployment_id))
+            conn.execute(D.update().where(D.c.id == deployment_id).values(values))
             if state is not None or note is not None:
-                current = (
-                    state or conn.execute("SELECT state FROM deployments WHERE id = ?", (deployment_id,)).fetchone()[0]
-                )
+                current = state or conn.execute(select(D.c.state).where(D.c.id == deployment_id)).scalar_one()
                 self._log_transition(conn, deployment_id, current, note or message, now)
         if state in TERMINAL:
             self._tell([deployment_id])
@@ -541,8 +611,78 @@ class Journal:
         )
 
     @staticmethod
-    def _log_transition(conn: sqlite3.Connection, deployment_id: int, state: str, message: str | None, at: str) -> None:
-        conn.execute(
-            "INSERT INTO transitions (deployment_id, at, state, message) VALUES (?, ?, ?, ?)",
-            (deployment_id, at, state, message),
-        )
+    def _log_transition(conn: Connection, deployment_id: int, state: str, message: str | None, at: str) -> None:
+        conn.execute(T.insert().values(deployment_id=deployment_id, at=at, state=state, message=message))
+
+    # ---- leases ----------------------------------------------------------------------------------
+    # One holder at a time per name, by the database's clock (hosts' clocks never matter). Every new tenure
+    # (a new holder, or the same after its lease lapsed or was released) gets a larger epoch: a holder that
+    # was deposed without noticing can be told apart from the current one by its epoch.
+    def acquire_lease(self, name: str, *, holder: str, ttl: float) -> int | None:
+        """Take lease ``name`` for ``ttl`` seconds when it is free or expired, or extend it when ``holder`` has it:
+        the tenure's epoch. None while another holder has it."""
+        seconds = _positive(ttl)
+        with self._write() as conn:
+            # The row exists before it is decided on, so concurrent acquirers lock one row and take turns.
+            conn.execute(self._insert_if_missing(L).values(name=name, holder=None, epoch=0, expires_at=0.0))
+            still_held = (L.c.holder == holder) & (L.c.expires_at > db_clock())
+            epoch: int | None = conn.execute(
+                L.update()
+                .where(L.c.name == name, or_(L.c.holder.is_(None), L.c.holder == holder, L.c.expires_at <= db_clock()))
+                .values(
+                    holder=holder,
+                    epoch=case((still_held, L.c.epoch), else_=L.c.epoch + 1),
+                    expires_at=db_clock() + seconds,
+                )
+                .returning(L.c.epoch)
+            ).scalar_one_or_none()
+        return epoch
+
+    def renew_lease(self, name: str, *, holder: str, epoch: int, ttl: float) -> bool:
+        """Extend the lease to ``ttl`` seconds from now; False when ``holder`` no longer has it in ``epoch`` (it
+        expired, even if nobody took it since: the holder must acquire it again and gets a new epoch)."""
+        seconds = _positive(ttl)
+        with self._write() as conn:
+            renewed = conn.execute(
+                L.update()
+                .where(L.c.name == name, L.c.holder == holder, L.c.epoch == epoch, L.c.expires_at > db_clock())
+                .values(expires_at=db_clock() + seconds)
+            )
+            return renewed.rowcount == 1
+
+    def release_lease(self, name: str, *, holder: str, epoch: int) -> bool:
+        """Give the lease up at once so another can take it; False when ``holder`` did not have it in
+        ``epoch`` (then it changes nothing)."""
+        with self._write() as conn:
+            released = conn.execute(
+                L.update()
+                .where(L.c.name == name, L.c.holder == holder, L.c.epoch == epoch)
+                .values(holder=None, expires_at=db_clock())
+            )
+            return released.rowcount == 1
+
+    def lease(self, name: str) -> Lease | None:
+        """Who holds lease ``name`` now; None when nobody does (never taken, released or expired)."""
+        remaining = (L.c.expires_at - db_clock()).label("remaining")
+        with self._read() as conn:
+            row = conn.execute(select(L.c.holder, L.c.epoch, remaining).where(L.c.name == name)).one_or_none()
+        if row is None or row.holder is None or row.remaining <= 0:
+            return None
+        return Lease(holder=row.holder, epoch=row.epoch, remaining=timedelta(seconds=row.remaining))
+
+    def _insert_if_missing(self, table: Any) -> Insert:
+        if self.backend == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing()
+        return sqlite.insert(table).on_conflict_do_nothing()
+
+
+def _inserted(conn: Connection, statement: Insert) -> int:
+    key = conn.execute(statement).inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def _positive(ttl: float) -> float:
+    if ttl <= 0:
+        raise ValueError(f"a lease lasts a positive time, not {ttl} s")
+    return float(ttl)

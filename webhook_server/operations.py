@@ -7,36 +7,48 @@ executor (in the server, or run inline by the CLI) does the rollout.
 from __future__ import annotations
 
 import logging
-import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from webhook_server.cluster import Swarm, start_first_blocked
-from webhook_server.errors import ConfigError, RuleNotFound
-from webhook_server.journal import Deployment, Journal, PushRecord
+from webhook_server.errors import ConfigError, JournalError, RuleNotFound
+from webhook_server.journal import Deployment, Journal, PushRecord, is_postgresql, journal_exists, journal_name
 from webhook_server.matching import plan_manual, policy_refusal_for
 from webhook_server.rollback import RollbackTarget, plan_rollback
 from webhook_server.rules import RuleSet
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def open_journal(location: Path | str) -> Journal:
-    """The journal at ``location``, or a ConfigError naming the file and what is wrong with it."""
-    path = Path(location)
+    """The journal at ``location`` (an SQLite file or a postgresql:// URL), created or upgraded, or a
+    ConfigError naming it (never its password) and what is wrong with it."""
+    if not is_postgresql(location) and Path(location).is_dir():  # SQLite would only say "unable to open"
+        raise _refusal(location, "it is a directory")
+    return _refusing(location, lambda: Journal(location))
 
-    def refuse(reason: str) -> ConfigError:
-        return ConfigError(f"cannot open the journal {path}: {reason} (WEBHOOK_DB names the file)")
 
-    if path.is_dir():  # SQLite would only say "unable to open database file"
-        raise refuse("it is a directory")
+def journal_is_new(location: Path | str) -> bool:
+    """Whether no journal is at ``location`` yet (a new install); creates nothing."""
+    return not _refusing(location, lambda: journal_exists(location))
+
+
+def _refusing(location: Path | str, call: Callable[[], T]) -> T:
     try:
-        return Journal(path)
+        return call()
     except OSError as e:
-        where = f" ({e.filename})" if e.filename and str(e.filename) != str(path) else ""
-        raise refuse(f"{e.strerror or e}{where}") from None
-    except sqlite3.Error as e:
-        raise refuse(str(e)) from None
+        where = f" ({e.filename})" if e.filename and str(e.filename) != str(location) else ""
+        raise _refusal(location, f"{e.strerror or e}{where}") from None
+    except JournalError as e:
+        raise _refusal(location, e.reason) from None
+
+
+def _refusal(location: Path | str, reason: str) -> ConfigError:
+    what = "it" if is_postgresql(location) else "the file"
+    return ConfigError(f"cannot open the journal {journal_name(location)}: {reason} (WEBHOOK_DB names {what})")
 
 
 def request_deploy(

@@ -1,9 +1,11 @@
-"""The executor against a fake Swarm: outcomes, coalescing, idempotency, conflicts, outages, resumption."""
+"""The executor against a fake Swarm: outcomes, coalescing, idempotency, conflicts, outages, resumption.
+
+Every test runs on both journals, SQLite and PostgreSQL (the ``journal`` fixture of tests/unit/conftest.py).
+"""
 
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes import FakeSwarm
+from tests.pg import journal_sql
 from webhook_server.cluster import ServiceState, TaskState
 from webhook_server.errors import DockerError, NotAllowed
 from webhook_server.executor import Executor, backoff, classify
@@ -27,11 +30,6 @@ services:
   web: {{repository: acme/web, image: reg:5000/acme/web, tags: latest}}
 """
 RULES = parse_rules(RULES_TEXT)
-
-
-@pytest.fixture
-def journal(tmp_path: Path) -> Journal:
-    return Journal(tmp_path / "journal.sqlite3")
 
 
 @pytest.fixture
@@ -453,8 +451,7 @@ def _ago(*, seconds: float) -> str:
 
 
 def _set_created_at(journal: Journal, dep_id: int, at: str) -> None:
-    with sqlite3.connect(journal.path) as conn:
-        conn.execute("UPDATE deployments SET created_at = ? WHERE id = ?", (at, dep_id))
+    journal_sql(journal, "UPDATE deployments SET created_at = :at WHERE id = :id", at=at, id=dep_id)
 
 
 # ---- rollback targets -------------------------------------------------------------------------

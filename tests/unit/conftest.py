@@ -1,0 +1,42 @@
+"""Fixtures for the unit tests: the journal on both backends, and the private PostgreSQL behind it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.pg import PgCluster, private_cluster
+from webhook_server.journal import Journal
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One private PostgreSQL for the session (skips without Debian's postgresql; fails under CI)."""
+    with private_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> Iterator[str]:
+    """A fresh, empty database of the session's cluster, for one test."""
+    url = pg_cluster.create_database()
+    yield url
+    pg_cluster.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def journal_location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where a new journal goes: an SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "journal.sqlite3"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def journal(journal_location: Path | str) -> Iterator[Journal]:
+    """A new journal on each backend in turn (a module that defines its own ``journal`` stays on SQLite)."""
+    opened = Journal(journal_location)
+    yield opened
+    opened.close()
