@@ -1,4 +1,4 @@
-"""Fixtures for the unit tests: the journal on both backends, and the private PostgreSQL behind it."""
+"""Fixtures for the unit tests: the journal on both backends, the private PostgreSQL behind it, a rules file."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.pg import PgCluster, private_cluster
+from tests.unit.test_views import RULES
 from webhook_server.journal import Journal
 
 
@@ -40,3 +41,11 @@ def journal(journal_location: Path | str) -> Iterator[Journal]:
     opened = Journal(journal_location)
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def rules_path(tmp_path: Path) -> Path:
+    """The HTTP tests' rules (test_views.RULES) as a file."""
+    path = tmp_path / "deploy_rules.yaml"
+    path.write_text(RULES)
+    return path

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from flask.testing import FlaskClient
 
 from tests.fakes import FakeSwarm
 from tests.server import API_TOKEN, WEBHOOK_TOKEN, documented_payload
-from tests.unit.test_views import RULES, settings_for
+from tests.unit.test_views import settings_for
 from webhook_server.app import create_app
 from webhook_server.limits import Limit, Limiter
 from webhook_server.rules import RulesSource
@@ -41,13 +40,6 @@ def test_workers_share_the_counts_and_zero_turns_a_limit_off(tmp_path: Path) -> 
     assert not one.hit("a", "request").allowed
     assert all(two.hit("a", "auth").allowed for _ in range(50))
     assert two.check("a", "auth").allowed
-
-
-@pytest.fixture
-def rules_path(tmp_path: Path) -> Path:
-    path = tmp_path / "deploy_rules.yaml"
-    path.write_text(RULES)
-    return path
 
 
 def worker(tmp_path: Path, rules_path: Path, **env: str) -> FlaskClient:
