@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import Connection, event
 
 from tests.pg import PgCluster, journal_sql
+from webhook_server import cli
 from webhook_server.errors import ConfigError, JournalError, JournalUnavailable
-from webhook_server.journal import SCHEMA_VERSION, Deployment, Journal, PushRecord
+from webhook_server.journal import SCHEMA_VERSION, Deployment, Journal, PushRecord, journal_name
 from webhook_server.matching import Candidate, Coalesced, DeployPlan
 from webhook_server.operations import journal_is_new, open_journal
 
@@ -167,6 +169,21 @@ def test_whether_a_journal_is_new_is_known_without_creating_it(journal_location:
         assert not journal_location.exists()
     open_journal(journal_location).close()
     assert not journal_is_new(journal_location)
+
+
+def test_the_cli_says_when_a_postgresql_journal_is_new(pg_url: str) -> None:
+    name = journal_name(pg_url)
+    short = {"WEBHOOK_TOKEN": "hook-token-0123456789", "WEBHOOK_API_TOKEN": "api-token-abcdefghijk"}
+    serve = CliRunner().invoke(cli.main, ["serve"], env={"WEBHOOK_DB": pg_url, **short})
+    assert serve.exit_code == 2
+    assert serve.stderr.strip().endswith(f"this is a new install: {name} has no journal yet")
+
+    first, again = (CliRunner().invoke(cli.main, ["history"], env={"WEBHOOK_DB": pg_url}) for _ in range(2))
+    assert (first.stdout.strip(), again.stdout.strip()) == (
+        f"no deployments recorded in {name} (new journal)",
+        f"no deployments recorded in {name}",
+    )
+    assert "@" not in first.stdout + first.stderr  # neither user nor password
 
 
 # ---- accepting -----------------------------------------------------------------------------------
