@@ -286,8 +286,12 @@ class Journal:
         if self.file is not None and str(self.file) != ":memory:":
             self.file.parent.mkdir(parents=True, exist_ok=True)
         self._engine = _engine(location)
-        with self._write() as conn:
-            migrate(conn, name=self.name)
+        try:
+            with self._write() as conn:
+                migrate(conn, name=self.name)
+        except BaseException:
+            self._engine.dispose()  # a journal that cannot open keeps no connection
+            raise
 
     @property
     def shared(self) -> bool:
