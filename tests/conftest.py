@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.bed import BedUnavailable, SwarmBed, bed_required, start_bed
+from tests.pg import PgCluster, private_cluster
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +25,13 @@ def swarm_bed() -> Iterator[SwarmBed]:
     yield bed
     survivors = bed.stop()
     assert not survivors, f"the test bed left these behind: {survivors}"
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One private PostgreSQL for the session (skips without Debian's postgresql; fails under CI)."""
+    with private_cluster() as cluster:
+        yield cluster
 
 
 _names = itertools.count(1)

@@ -19,8 +19,9 @@ from webhook_server.callback import Callbacks
 from webhook_server.certs import Certificates, CertificateWatch
 from webhook_server.cluster import Swarm
 from webhook_server.context import EXTENSION, SERVICE_CHECK_SECONDS, TRUSTED_PROXY_KEY, Cached, Services
-from webhook_server.executor import Executor, ExecutorLock, lock_path, run_when_elected
+from webhook_server.executor import Executor
 from webhook_server.journal import Journal
+from webhook_server.leadership import executor_lock, manager_problem, run_when_elected
 from webhook_server.limits import Limit, Limiter, limits_path
 from webhook_server.notify import Notifier
 from webhook_server.operations import open_journal
@@ -121,12 +122,12 @@ def create_app(
         notifier=notifier,
         service_names=Cached(swarm.service_names, seconds=SERVICE_CHECK_SECONDS),
         limiter=Limiter(
-            limits_path(settings.db_path),
+            limits_path(settings.db_path, create=True),
             requests=Limit(settings.rate_limit, 60),
             auth_failures=Limit(settings.auth_failure_limit, AUTH_FAILURE_WINDOW_SECONDS),
         ),
         proxy_swarm=proxy_swarm or _docker_proxy(settings),
-        certificates=_certificates(settings, rules),
+        certificates=Certificates.from_settings(settings, config=lambda: rules.current().proxy),
     )
     app.extensions[EXTENSION] = ctx
     if settings.trusted_proxies:
@@ -146,7 +147,9 @@ def create_app(
     if run_executor:
         ctx.executor_thread = threading.Thread(
             target=run_when_elected,
-            args=(executor, ExecutorLock(lock_path(journal)), ctx.stop),
+            args=(executor, executor_lock(journal), ctx.stop),
+            # Receivers sharing a journal hand rollouts to one whose Docker can run them.
+            kwargs={"eligible": (lambda: manager_problem(swarm)) if journal.shared else (lambda: None)},
             name="executor",
             daemon=True,
         )
@@ -167,14 +170,3 @@ def _docker_proxy(settings: Settings) -> Callable[[], AbstractContextManager[Ngi
             swarm.close()
 
     return opened
-
-
-def _certificates(settings: Settings, rules: RulesSource) -> Certificates | None:
-    if settings.cert_dir is None:
-        return None
-    return Certificates(
-        config=lambda: rules.current().proxy,
-        cert_dir=settings.cert_dir,
-        state_dir=settings.db_path.parent,
-        warn_days=settings.cert_warn_days,
-    )

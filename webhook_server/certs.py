@@ -30,6 +30,7 @@ from webhook_server.durations import format_duration
 from webhook_server.notify import Event, Notifier
 from webhook_server.proxy.config import ProxyConfig
 from webhook_server.proxy.lineages import covers
+from webhook_server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +262,18 @@ class Certificates:
         self.lock_path = state_dir / LOCK_NAME
         self.warn_days = warn_days
         self._clock = clock
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, config: Callable[[], ProxyConfig | None]) -> Certificates | None:
+        """The watch as settings describe it; None when WEBHOOK_CERT_DIR is unset (nothing is watched)."""
+        if settings.cert_dir is None:
+            return None
+        return cls(
+            config=config,
+            cert_dir=settings.cert_dir,
+            state_dir=settings.db_path.parent,
+            warn_days=settings.cert_warn_days,
+        )
 
     def current(self) -> list[CertificateStatus]:
         config = self._config()

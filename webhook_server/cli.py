@@ -16,14 +16,17 @@ from typing import Any
 import click
 
 from webhook_server import display, logs
+from webhook_server.certs import Certificates, state_json
 from webhook_server.cluster import Swarm
 from webhook_server.durations import format_duration
 from webhook_server.errors import ConfigError, WebhookError
-from webhook_server.executor import Executor, ExecutorLock, lock_path
-from webhook_server.journal import Deployment, Journal
+from webhook_server.executor import Executor
+from webhook_server.journal import Deployment, Journal, journal_name
+from webhook_server.leadership import executor_lock, renewed
 from webhook_server.operations import dry_run as try_deploy
 from webhook_server.operations import journal_is_new, open_journal, request_deploy, request_rollback
 from webhook_server.proxy.commands import reload_proxy, render_nginx
+from webhook_server.proxy.lineages import certificate_lines
 from webhook_server.rules import RuleSet, RulesSource, load_rules
 from webhook_server.settings import NEW_INSTALL_TOKEN_LENGTH, Settings, load_settings
 from webhook_server.status import cluster_status, deployment_detail, node_detail
@@ -60,7 +63,7 @@ def _journal(settings: Settings) -> Journal:
     new = journal_is_new(settings.journal_location)
     journal = open_journal(settings.journal_location)
     if new:
-        click.echo(f"webhook-server: new journal at {settings.journal_name}", err=True)
+        click.echo(f"webhook-server: new journal at {journal_name(settings.journal_location)}", err=True)
     return journal
 
 
@@ -103,7 +106,8 @@ def serve(bind: str, workers: int, connections: int) -> None:
             absent = "has no journal" if settings.db_url is not None else "does not exist"
             raise ConfigError(
                 f"{' and '.join(short)}: a new install needs tokens of at least {NEW_INSTALL_TOKEN_LENGTH} "
-                f"characters (openssl rand -base64 32); this is a new install: {settings.journal_name} {absent} yet"
+                f"characters (openssl rand -base64 32); this is a new install: "
+                f"{journal_name(settings.journal_location)} {absent} yet"
             )
     address = server.parse_bind(bind)
     # Everything a worker needs is checked here, once, so a mistake is one line and not a traceback per worker.
@@ -129,6 +133,9 @@ def check_rules(path: Path | None) -> None:
     for rule in rules.rules.values():
         policy = f", policy {rule.effective_policy}" if rule.is_semver else ""
         click.echo(f"  {rule.service}: {rule.repository} → {rule.image}, tags {rule.tags}{policy}")
+    if rules.proxy is not None:
+        for line in certificate_lines(rules.proxy):
+            click.echo(line)
 
 
 # ---- deploy ----------------------------------------------------------------------------------
@@ -176,9 +183,9 @@ def _run_or_wait(
     wait: bool,
     quiet: bool,
 ) -> Deployment:
-    """Run the rollout here when no server holds the executor lock, following it; else let the server do
-    it, following it only with ``wait``."""
-    lock = ExecutorLock(lock_path(journal))
+    """Run the rollout here when no server holds the executor lock (or lease), following it; else let the
+    server do it, following it only with ``wait``."""
+    lock = executor_lock(journal)
     if not lock.try_acquire():
         return display.follow(journal, dep.id, swarm=swarm, quiet=quiet) if wait else journal.get(dep.id)
     from webhook_server.notify import Notifier  # apprise loads only for commands that roll out
@@ -190,21 +197,22 @@ def _run_or_wait(
     notifier.start()
     executor = Executor.from_settings(settings, journal=journal, swarm=swarm, rules=source)
     stop = threading.Event()
+    with renewed(lock) as lost:
 
-    def run() -> None:
-        while not journal.get(dep.id).done and not stop.is_set():
-            executor.drain(dep.service)
-            stop.wait(0.5)
+        def run() -> None:
+            # A lost lease (a server took over) ends it here; the server follows what was started.
+            while not journal.get(dep.id).done and not stop.is_set() and not lost.is_set():
+                executor.drain(dep.service)
+                stop.wait(0.5)
 
-    worker = threading.Thread(target=run, name="rollout", daemon=True)
-    worker.start()
-    try:
-        return display.follow(journal, dep.id, swarm=swarm, quiet=quiet, still_running=worker.is_alive)
-    finally:
-        stop.set()
-        worker.join()
-        lock.release()
-        notifier.stop(timeout=settings.notify_timeout.total_seconds())
+        worker = threading.Thread(target=run, name="rollout", daemon=True)
+        worker.start()
+        try:
+            return display.follow(journal, dep.id, swarm=swarm, quiet=quiet, still_running=worker.is_alive)
+        finally:
+            stop.set()
+            worker.join()
+            notifier.stop(timeout=settings.notify_timeout.total_seconds())
 
 
 def _report(journal: Journal, dep: Deployment, *, as_json: bool) -> None:
@@ -263,7 +271,9 @@ def history(service: str | None, limit: int, as_json: bool) -> None:
         display.print_json([deployment_detail(journal, d, transitions=False) for d in rows])
         return
     if not rows:
-        click.echo(f"no deployments recorded in {settings.journal_name}" + (" (new journal)" if new else ""))
+        click.echo(
+            f"no deployments recorded in {journal_name(settings.journal_location)}" + (" (new journal)" if new else "")
+        )
         return
     for line in history_table(rows, now=datetime.now(UTC)):
         click.echo(line)
@@ -279,10 +289,15 @@ def status(as_json: bool) -> None:
     swarm = _swarm(settings)
     node = swarm.node()
     found = cluster_status(journal=_journal(settings), swarm=swarm, rules=rules)
+    watch = Certificates.from_settings(settings, config=lambda: rules.proxy)
+    certificates = watch.current() if watch is not None else []
     if as_json:
-        display.print_json({"node": node_detail(node), "services": [s.model_dump() for s in found]})
+        listed = state_json(certificates, warn_days=settings.cert_warn_days)["certificates"]
+        display.print_json(
+            {"node": node_detail(node), "services": [s.model_dump() for s in found], "certificates": listed}
+        )
         return
-    for line in [display.node_line(node), *display.status_lines(found)]:
+    for line in [display.node_line(node), *display.status_lines(found), *display.certificate_lines(certificates)]:
         click.echo(line)
 
 

@@ -17,6 +17,11 @@ class WebhookError(Exception):
         super().__init__(message)
         self.message = message
 
+    @property
+    def public_message(self) -> str:
+        """What an HTTP client is told; the log keeps ``message``."""
+        return self.message
+
 
 class ConfigError(WebhookError):
     """Settings or a config file are wrong; the message says where."""
@@ -134,6 +139,11 @@ class JournalError(WebhookError):
         self.name = name
         self.reason = reason
 
+    @property
+    def public_message(self) -> str:
+        # The database's own words name its host and port: the internet is told only that it failed.
+        return "the journal failed; nothing was recorded, try again" if self.http_status >= 500 else self.message
+
 
 class JournalUnavailable(JournalError):
     """The journal cannot be reached or used now (database down or restarting, connection lost, locked too
@@ -141,3 +151,7 @@ class JournalUnavailable(JournalError):
 
     http_status = 503
     code = "journal_unavailable"
+
+    @property
+    def public_message(self) -> str:
+        return "the journal is unavailable; nothing was recorded, try again"

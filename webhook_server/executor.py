@@ -1,6 +1,6 @@
 """Runs rollouts: one at a time per service, services in parallel, queued pushes coalesced.
 
-One executor runs per journal: whichever process holds the lock file beside the database. Work is found
+One executor runs per journal: whichever process leadership.py elects. Work is found
 in the journal, never handed over in memory, so a restart resumes exactly where the journal says:
 a deployment left ``running`` is followed to Swarm's outcome (or queued again if its update never reached
 Swarm) through the same code that runs fresh work.
@@ -8,14 +8,11 @@ Swarm) through the same code that runs fresh work.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Literal
 
 from webhook_server import logs
@@ -29,7 +26,7 @@ from webhook_server.settings import Settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Executor", "ExecutorLock", "Swarm", "classify", "lock_path", "run_when_elected"]
+__all__ = ["Executor", "Swarm", "classify"]
 
 MAX_OUT_OF_SEQUENCE = 5
 # 2**30 s is far past any max delay; capping the exponent keeps timedelta from overflowing.
@@ -459,48 +456,3 @@ class Executor:
         self._journal.update(dep.id, state=state, message=message, **({"nodes": nodes} if nodes else {}))
         level = logging.INFO if state in ("succeeded", "skipped") else logging.WARNING
         log.log(level, "deployment %s of %s:%s to %s: %s (%s)", dep.id, dep.image, dep.tag, dep.service, state, message)
-
-
-class ExecutorLock:
-    """An exclusive lock file beside the journal: its holder is this host's one executor.
-
-    The OS releases it when the holder dies, so another worker takes over.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._fd: int | None = None
-
-    def try_acquire(self) -> bool:
-        if self._fd is not None:
-            return True
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
-def lock_path(journal: Journal) -> Path:
-    return journal.path.with_name(journal.path.name + ".executor.lock")
-
-
-def run_when_elected(executor: Executor, lock: ExecutorLock, stop: threading.Event) -> None:
-    """Wait for the executor lock, then run the executor until ``stop``."""
-    while not stop.is_set():
-        if lock.try_acquire():
-            try:
-                executor.run(stop)
-            finally:
-                lock.release()
-            return
-        stop.wait(1.0)

@@ -12,13 +12,14 @@ based on a stale read, so two holders for a moment cannot both apply one.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -135,13 +136,33 @@ def manager_problem(swarm: Swarm) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def renewed(lock: ExecutorLock) -> Iterator[threading.Event]:
+    """Keep an acquired lock renewed for the block (the CLI rolling out by itself); the event is set when it
+    was lost, so the caller stops and a server takes over."""
+    done, lost = threading.Event(), threading.Event()
+    keeper = threading.Thread(target=_keep, args=(lock, lambda: None, done, lost), name="lease", daemon=True)
+    keeper.start()
+    try:
+        yield lost
+    finally:
+        done.set()
+        keeper.join()
+        lock.release()
+
+
 def run_when_elected(
     executor: Runnable, lease: ExecutorLock, stop: threading.Event, *, eligible: Eligibility = lambda: None
 ) -> None:
     """Until ``stop``: wait to be eligible and hold the lease, then run the executor for as long as both
     last. A holder that steps down competes again once it is eligible."""
+    said: str | None = None
     while not stop.is_set():
-        if eligible() is None and lease.try_acquire():
+        problem = eligible()
+        if problem is not None and problem != said:
+            log.warning("not running rollouts while this lasts: %s", problem)
+        said = problem
+        if problem is None and lease.try_acquire():
             log.info("this process runs rollouts now")
             term = threading.Event()
             keeper = threading.Thread(target=_keep, args=(lease, eligible, stop, term), name="lease", daemon=True)

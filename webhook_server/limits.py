@@ -107,5 +107,9 @@ class Limiter:
             conn.execute("DELETE FROM hits WHERE kind = ? AND window < ?", (kind, self._window(kind)[0] - 1))
 
 
-def limits_path(journal_path: Path) -> Path:
+def limits_path(journal_path: Path, *, create: bool = False) -> Path:
+    """Beside the local journal file; with the journal on PostgreSQL that directory is the receiver's own
+    state, which nothing else creates."""
+    if create:
+        journal_path.parent.mkdir(parents=True, exist_ok=True)
     return journal_path.with_name(journal_path.name + ".limits")

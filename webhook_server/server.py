@@ -24,6 +24,7 @@ from webhook_server import logs, metrics
 from webhook_server.app import create_app
 from webhook_server.context import services_of
 from webhook_server.errors import ConfigError
+from webhook_server.journal import journal_name
 from webhook_server.rules import RuleSet
 from webhook_server.settings import Settings
 
@@ -152,5 +153,5 @@ def run_gunicorn(settings: Settings, *, rules: RuleSet, bind: Bind, workers: int
     }
     # Before any worker forks: every worker counts into one directory, and /metrics in any of them sums it.
     metrics.setup_multiprocess()
-    log.info("serving on %s with %d worker(s); journal %s", bind, workers, settings.db_path)
+    log.info("serving on %s with %d worker(s); journal %s", bind, workers, journal_name(settings.journal_location))
     _Application(settings, rules, options).run()

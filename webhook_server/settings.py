@@ -123,15 +123,6 @@ class Settings(BaseModel):
         """Where the journal is: the PostgreSQL URL when one is set, else the SQLite file."""
         return self.db_url.get_secret_value() if self.db_url is not None else self.db_path
 
-    @property
-    def journal_name(self) -> str:
-        """The journal as messages may name it: never the URL's password."""
-        if self.db_url is None:
-            return str(self.db_path)
-        parts = urlsplit(self.db_url.get_secret_value())
-        host = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
-        return f"postgresql://{host}{parts.path}"
-
     @field_validator("db_path")
     @classmethod
     def _absolute(cls, value: Path) -> Path:

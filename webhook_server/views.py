@@ -23,7 +23,14 @@ from werkzeug.routing import PathConverter
 from webhook_server import certs, logs, metrics, problems
 from webhook_server.context import TRUSTED_PROXY_KEY, services
 from webhook_server.dockerhub import parse_push
-from webhook_server.errors import BadRequest, DockerError, TooManyRequests, Unauthorized, WebhookError
+from webhook_server.errors import (
+    BadRequest,
+    DockerError,
+    JournalUnavailable,
+    TooManyRequests,
+    Unauthorized,
+    WebhookError,
+)
 from webhook_server.journal import Deployment, PushRecord
 from webhook_server.logs import printable, redact
 from webhook_server.matching import Ignored, plan_push
@@ -354,6 +361,11 @@ def readyz() -> tuple[Response, int]:
         reasons.append(f"rules: no rules are loaded: {ctx.rules.error}")
     elif ctx.rules.error:
         reasons.append(f"rules: {ctx.rules.error}")
+    try:
+        ctx.journal.ping()
+    except JournalUnavailable as e:
+        # A receiver that cannot record pushes must get none: they would be answered 503.
+        reasons.append(f"journal: {e.message}")
     node = ctx.swarm.node()  # never raises: an unreachable Docker is one of its problems
     reasons.extend(f"docker: {problem}" for problem in node.problems)
     if not node.problems and not (node.is_manager and node.swarm_state == "active"):
@@ -407,7 +419,7 @@ def register(app: Flask) -> None:
             log.warning("%s %s failed: %s", request.method, _path(), printable(e.message))
         elif "rejected" not in g:
             _reject(e.message)
-        response = jsonify(error=e.code, message=e.message)
+        response = jsonify(error=e.code, message=e.public_message)
         if isinstance(e, Unauthorized):
             response.headers["WWW-Authenticate"] = "Bearer"
         if isinstance(e, TooManyRequests):

@@ -7,23 +7,38 @@ import pytest
 
 from tests.bed import RootfsUnavailable, SwarmBed, bed_required
 from tests.images import BuildFailed, Images, build_images
+from tests.pg import PgCluster
 from tests.server import Server, server_env, start_server
 
 ServerFactory = Callable[..., Server]
 
 
+# For modules whose every test runs on both journals: ``pytestmark = [..., ON_BOTH_JOURNALS]``.
+ON_BOTH_JOURNALS = pytest.mark.parametrize("journal_backend", ["sqlite", "postgresql"])
+
+
 @pytest.fixture
-def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
+def journal_backend() -> str:
+    """Where ``make_server`` keeps its journal; a module runs on both with a parametrized override."""
+    return "sqlite"
+
+
+@pytest.fixture
+def make_server(tmp_path: Path, journal_backend: str, request: pytest.FixtureRequest) -> Iterator[ServerFactory]:
     """Start ``webhook-server serve`` with the given rules text; every server is stopped after the test."""
     started: list[Server] = []
+    pg: PgCluster | None = request.getfixturevalue("pg_cluster") if journal_backend == "postgresql" else None
 
     def make(rules: str, *, docker_host: str | None, workers: int = 2, env: dict[str, str] | None = None) -> Server:
         root = tmp_path / f"server{len(started)}"
         root.mkdir()
         rules_path = root / "deploy_rules.yaml"
         rules_path.write_text(rules)
+        extra = dict(env or {})
+        if pg is not None:
+            extra.setdefault("WEBHOOK_DB", pg.create_database())
         server = start_server(
-            root, env=server_env(root, docker_host=docker_host, rules=rules_path, extra=env), workers=workers
+            root, env=server_env(root, docker_host=docker_host, rules=rules_path, extra=extra), workers=workers
         )
         started.append(server)
         return server

@@ -12,10 +12,11 @@ import requests
 
 from tests.bed import LONG_RUNNING as LONG
 from tests.bed import SwarmBed, wait_for
-from tests.e2e.conftest import ServerFactory
+from tests.e2e.conftest import ON_BOTH_JOURNALS, ServerFactory
 from tests.server import API_TOKEN, WEBHOOK_TOKEN, documented_payload
 
-pytestmark = pytest.mark.swarm
+# The rollout suite runs on the embedded SQLite journal and on PostgreSQL.
+pytestmark = [pytest.mark.swarm, ON_BOTH_JOURNALS]
 
 FAST = "{parallelism: 1, delay: 0s, order: start-first, failure_action: rollback, monitor: 2s}"
 

@@ -7,16 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.pg import PgCluster, private_cluster
+from tests.pg import PgCluster
 from tests.unit.test_views import RULES
 from webhook_server.journal import Journal
-
-
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[PgCluster]:
-    """One private PostgreSQL for the session (skips without Debian's postgresql; fails under CI)."""
-    with private_cluster() as cluster:
-        yield cluster
 
 
 @pytest.fixture

@@ -107,13 +107,14 @@ def test_idle_and_slow_clients_do_not_stall_the_server(tmp_path: Path) -> None:
     env = server_env(tmp_path, docker_host=NO_DOCKER, rules=_rules(tmp_path))
     server = start_server(tmp_path, env=env, workers=2)
     try:
-        health = lambda: requests.get(f"{server.url}/healthz", timeout=10).status_code  # noqa: E731
-        push = lambda: requests.post(  # noqa: E731
-            f"{server.url}/hooks/dockerhub/{WEBHOOK_TOKEN}",
-            data=PUSH,
-            headers={"Content-Type": "application/json"},
-            timeout=10,
-        ).status_code
+
+        def health() -> int:
+            return requests.get(f"{server.url}/healthz", timeout=10).status_code
+
+        def push() -> int:
+            hook = f"{server.url}/hooks/dockerhub/{WEBHOOK_TOKEN}"
+            return requests.post(hook, data=PUSH, headers={"Content-Type": "application/json"}, timeout=10).status_code
+
         with held_open(int(server.url.rsplit(":", 1)[1])) as hostile:
             health_s, push_s = median_time(health, 200), median_time(push, 202)
             assert hostile.dropped == 0, "the server closed slow-header connections: they did not hold it"
