@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import time
 from dataclasses import dataclass, field
 
 from webhook_server.cluster import NodeStatus, ServiceState, TaskState
@@ -53,6 +54,13 @@ class FakeSwarm:
     def _check_up(self) -> None:
         if self.down:
             raise DockerUnavailable("Docker is unreachable: fake outage")
+
+    def changes_seen(self, service: str) -> int:
+        return 0
+
+    def wait_for_change(self, service: str, *, after: int, timeout: float) -> int:
+        time.sleep(timeout)  # no event stream: the watch polls
+        return 0
 
     def ping(self) -> None:
         self.calls.append(("ping",))

@@ -117,8 +117,8 @@ class Executor:
         rules: Callable[[], RuleSet],
         retry_limit: timedelta = timedelta(minutes=10),
         max_backoff: timedelta = timedelta(seconds=30),
-        poll_interval: float = 0.5,
-        watch_interval: float = 0.5,
+        poll_interval: float = 1.0,
+        watch_interval: float = 1.0,
         unschedulable_grace: timedelta = UNSCHEDULABLE_GRACE,
         rules_loaded: Callable[[], bool] = lambda: True,
     ) -> None:
@@ -159,14 +159,20 @@ class Executor:
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
         log.info("executor started")
+        # Work queued by any process wakes the loop at once; the poll is the fallback (and finds retries
+        # whose time has come).
+        listener = threading.Thread(
+            target=self._journal.listen_for_work, args=(self._wake.set, stop), name="work-listener", daemon=True
+        )
+        listener.start()
         while not stop.is_set():
+            self._wake.clear()
             try:
                 self.dispatch()
             except Exception:
                 log.exception("executor: dispatch failed; retrying")
             self._wake.wait(self._poll_interval)
-            self._wake.clear()
-        for thread in self._threads:
+        for thread in [*self._threads, listener]:
             thread.join(timeout=5)
         log.info("executor stopped")
 
@@ -302,6 +308,7 @@ class Executor:
         # their status says only "shutdown", and the reason would be lost.
         task_reasons: dict[str, None] = {}
         while True:
+            changes = self._swarm.changes_seen(dep.service)
             try:
                 state = self._swarm.inspect(dep.service)
             except ServiceNotFound as e:
@@ -352,7 +359,9 @@ class Executor:
                 task_reasons.update(dict.fromkeys(self._task_errors(dep)))
                 self._finish(dep, "failed", _with(message, task_reasons))
                 return
-            if self._stop.wait(self._watch_interval):
+            # Woken by Swarm's next event for the service; the interval is the fallback poll.
+            self._swarm.wait_for_change(dep.service, after=changes, timeout=self._watch_interval)
+            if self._stop.is_set():
                 self._journal.update(dep.id, note="executor stopping; the next executor follows this rollout")
                 return
 

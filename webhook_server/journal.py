@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -50,6 +51,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import NullPool
 
+from webhook_server import journal_wakeup as wakeup
 from webhook_server.errors import DeploymentNotFound, JournalError, JournalUnavailable
 from webhook_server.journal_schema import SCHEMA_VERSION, db_clock, migrate
 from webhook_server.journal_schema import deployments as D
@@ -309,6 +311,15 @@ class Journal:
         """Close pooled connections (PostgreSQL); the journal opens new ones if used again."""
         self._engine.dispose()
 
+    def listen_for_work(self, on_work: Callable[[], None], stop: threading.Event) -> None:
+        """Call ``on_work`` whenever any process queues work, until ``stop`` (run it on a thread of its own)."""
+        if self.file is not None:
+            wakeup.listen_sqlite(self.file, on_work, stop)
+            return
+        url = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        params = {k: v for k, v in _POSTGRESQL_DEFAULTS.items() if k not in self._engine.url.query}
+        wakeup.listen_postgresql(url, on_work, stop, params=params)
+
     def ping(self) -> None:
         """Return when the database answers now; JournalUnavailable otherwise (for readiness checks)."""
         with self._read() as conn:
@@ -377,6 +388,10 @@ class Journal:
                 )
                 ids.append(dep_id)
                 self._log_transition(conn, dep_id, "queued", _ARRIVAL[push.trigger].format(tag=plan.tag), now)
+            if self.backend == "postgresql":
+                conn.execute(select(func.pg_notify(wakeup.CHANNEL, "")))  # delivered when this commits
+        if self.file is not None:
+            wakeup.announce_sqlite(self.file)
         return [self.get(i) for i in ids]
 
     def record_ignored(self, push: PushRecord, reason: str) -> int:

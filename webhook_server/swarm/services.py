@@ -17,6 +17,7 @@ from webhook_server.cluster import NodeStatus, Placement, ServiceState, TaskStat
 from webhook_server.errors import DockerError, DockerUnavailable, ImageNotFound, ServiceNotFound, UpdateOutOfSequence
 from webhook_server.rules import UpdateSettings
 from webhook_server.swarm.client import connect, host_of, translated
+from webhook_server.swarm.events import ServiceEvents
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class SwarmServices:
         self._on_error = on_error
         self._client: docker.DockerClient | None = None
         self._lock = threading.Lock()
+        self._events = ServiceEvents(docker_host)
 
     def _docker(self) -> docker.DockerClient:
         # Connected on first use (and again after an outage) so the server starts while Docker is down.
@@ -78,6 +80,12 @@ class SwarmServices:
             if self._on_error is not None:
                 self._on_error(e)
             raise
+
+    def changes_seen(self, service: str) -> int:
+        return self._events.seen(service)
+
+    def wait_for_change(self, service: str, *, after: int, timeout: float) -> int:
+        return self._events.wait(service, after=after, timeout=timeout)
 
     def ping(self) -> None:
         with self._talking("ping Docker"):

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 import requests
@@ -23,6 +22,7 @@ import requests
 from tests.bed import wait_for
 from tests.e2e.conftest import ServerFactory
 from tests.e2e.multinode.helpers import GRACE_NS, rules, spec_image, task_table
+from tests.e2e.test_resilience import settled
 from tests.multinode import MultiNodeBed, Node
 from tests.pg import PgCluster
 from tests.server import Server, documented_payload
@@ -31,7 +31,6 @@ from webhook_server.leadership import LEASE_NAME
 
 pytestmark = pytest.mark.swarm
 
-TERMINAL = {"succeeded", "rolled_back", "failed", "skipped", "superseded"}
 ROLLED_OUT = {"succeeded", "rolled_back", "failed"}
 TAKEOVER_LIMIT = 10.0
 
@@ -182,30 +181,32 @@ def test_leaders_docker_stopped_mid_rollout_the_other_receiver_finishes_it(
     assert takeover < TAKEOVER_LIMIT
 
 
-def deployments(server: Server, service: str) -> list[dict[str, Any]]:
-    response = server.api("GET", f"/deployments?service={service}&limit=1000")
-    response.raise_for_status()
-    found: list[dict[str, Any]] = response.json()["deployments"]
-    return found
+@dataclass
+class Tagged:
+    """A service on ``base`` with ``count`` more tags of it in the registry, and a pair of receivers."""
+
+    repo: str
+    tags: list[str]
+    digests: dict[str, str]
+    servers: list[Server]
 
 
-def settled(server: Server, service: str, expected: int) -> list[dict[str, Any]] | None:
-    deps = deployments(server, service)
-    if len(deps) == expected and all(d["state"] in TERMINAL for d in deps):
-        return deps
-    return None
+def tagged(mbed: MultiNodeBed, unique: str, pair_factory: Callable[[str], Pair], *, base: str, count: int) -> Tagged:
+    repo = f"acme/{unique}"
+    ref = mbed.make_image(repo, base)
+    prefix = base.rpartition(".")[0]
+    tags = [f"{prefix}.{i}" for i in range(1, count + 1)]
+    digests = mbed.publish_tags(ref, tags)
+    mbed.create_service(unique, ref, replicas=2, stop_grace_period=GRACE_NS)
+    pair = pair_factory(rules(unique, repo, f"{mbed.registry}/{repo}"))
+    return Tagged(repo=repo, tags=tags, digests=digests, servers=[r.server for r in pair.receivers])
 
 
 def test_burst_of_200_over_two_receivers_ends_on_the_newest_with_at_most_two_rollouts(
     mbed: MultiNodeBed, unique: str, pair_factory: Callable[[str], Pair]
 ) -> None:
-    repo = f"acme/{unique}"
-    base = mbed.make_image(repo, "1.0.0")
-    tags = [f"1.0.{i}" for i in range(1, 201)]
-    digests = mbed.publish_tags(base, tags)
-    mbed.create_service(unique, base, replicas=2, stop_grace_period=GRACE_NS)
-    pair = pair_factory(rules(unique, repo, f"{mbed.registry}/{repo}"))
-    servers = [r.server for r in pair.receivers]
+    bed = tagged(mbed, unique, pair_factory, base="1.0.0", count=200)
+    repo, tags, digests, servers = bed.repo, bed.tags, bed.digests, bed.servers
     shuffled = random.Random(12).sample(tags, len(tags))
 
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -225,13 +226,8 @@ def test_burst_of_200_over_two_receivers_ends_on_the_newest_with_at_most_two_rol
 def test_database_restart_during_a_burst_answers_503_and_loses_nothing_written(
     mbed: MultiNodeBed, unique: str, pair_factory: Callable[[str], Pair], pg_cluster: PgCluster
 ) -> None:
-    repo = f"acme/{unique}"
-    base = mbed.make_image(repo, "2.0.0")
-    tags = [f"2.0.{i}" for i in range(1, 121)]
-    digests = mbed.publish_tags(base, tags)
-    mbed.create_service(unique, base, replicas=2, stop_grace_period=GRACE_NS)
-    pair = pair_factory(rules(unique, repo, f"{mbed.registry}/{repo}"))
-    servers = [r.server for r in pair.receivers]
+    bed = tagged(mbed, unique, pair_factory, base="2.0.0", count=120)
+    repo, tags, digests, servers = bed.repo, bed.tags, bed.digests, bed.servers
     answers: dict[str, int] = {}
     down = threading.Event()
 
