@@ -20,7 +20,7 @@ from typing import Any
 from bench import accept, legacy, report, rollouts
 from bench.common import BENCH_DIR, REPO_ROOT, median
 from bench.scenario import BASE_TAG, IGNORED_REPO, Target, prepare, rules_text
-from tests.bed import SwarmBed, start_bed
+from tests.bed import SwarmBed, start_bed, wait_for
 from tests.pg import PgCluster
 from tests.server import Server, documented_payload
 
@@ -229,6 +229,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
     parser.add_argument("--reps", type=int, default=3, help="floor and single-push rollouts each (default 3)")
     parser.add_argument("--wrk-seconds", type=int, default=5, help="length of each wrk run (default 5)")
+    parser.add_argument(
+        "--wait-idle", action="store_true", help="wait until no test run is active before starting (up to 1 h)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (server logs) afterwards")
     parser.add_argument(
         "--combine", nargs="+", type=Path, metavar="JSON", help="print the medians of these runs' results and exit"
@@ -242,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         runs = [report.metrics_of(json.loads(path.read_text())) for path in args.combine]
         print(report.render(report.combine(runs)))
         return 0
+    if args.wait_idle and concurrent_runs():
+        log("waiting until no test run is active")
+        wait_for(lambda: not concurrent_runs(), timeout=3600, interval=5, what="the test runs to end")
     busy = concurrent_runs()
     if busy:
         log("WARNING: test runs are active; the figures will be distorted:\n  " + "\n  ".join(busy))
