@@ -21,6 +21,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -306,6 +307,15 @@ class RuleSet(BaseModel):
 
     rules: dict[str, Rule]
     proxy: ProxyConfig | None = None
+    # Pushes are matched by repository: an index, so a push costs the same with 10 rules or 10,000.
+    _by_repository: dict[str, list[Rule]] = PrivateAttr(default_factory=dict)
+    # The file these rules were read from and its mtime just before: a process that inherits them (a gunicorn
+    # worker) uses them as they are while the file is unchanged, instead of parsing it again.
+    _read_from: tuple[Path, float] | None = PrivateAttr(default=None)
+
+    def model_post_init(self, context: Any, /) -> None:
+        for rule in self.rules.values():
+            self._by_repository.setdefault(rule.repository, []).append(rule)
 
     @classmethod
     def from_file(cls, parsed: RulesFile) -> RuleSet:
@@ -327,8 +337,7 @@ class RuleSet(BaseModel):
         return cls(rules=rules, proxy=parsed.proxy)
 
     def for_repository(self, repository: str) -> list[Rule]:
-        wanted = repository.lower()
-        return [r for r in self.rules.values() if r.repository == wanted]
+        return list(self._by_repository.get(repository.lower(), ()))
 
     def get(self, service: str) -> Rule | None:
         return self.rules.get(service)
@@ -337,6 +346,7 @@ class RuleSet(BaseModel):
 def load_rules(path: Path | str) -> RuleSet:
     """Read and validate a rules file; raise RulesError listing every located problem."""
     path = Path(path)
+    mtime = _mtime(path)
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -348,7 +358,17 @@ def load_rules(path: Path | str) -> RuleSet:
         raise RulesError(
             str(path), [f"line {line}: not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start}"]
         ) from None
-    return parse_rules(text, source=str(path))
+    rules = parse_rules(text, source=str(path))
+    if mtime is not None:
+        rules._read_from = (path.absolute(), mtime)
+    return rules
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
 
 
 def parse_rules(text: str, *, source: str = "<rules>") -> RuleSet:
@@ -362,9 +382,9 @@ def parse_rules(text: str, *, source: str = "<rules>") -> RuleSet:
 
 def _parse_rules(text: str, source: str) -> RuleSet:
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
+        root, data = _load_yaml(text)
+    except yaml.YAMLError as fast:
+        e = _python_yaml_error(text) or fast
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         raise RulesError(source, [f"{where}not valid YAML: {getattr(e, 'problem', None) or e}"]) from None
@@ -382,6 +402,27 @@ def _parse_rules(text: str, source: str) -> RuleSet:
     if found:
         raise RulesError(source, found)
     return RuleSet.from_file(parsed)
+
+
+def _load_yaml(text: str) -> tuple[yaml.Node | None, Any]:
+    """The document's node tree (for line numbers and duplicate keys) and its data, from one parse, with
+    libyaml when PyYAML has it: 10,000 rules parse in well under a second instead of four."""
+    loader = yaml.CSafeLoader(text) if hasattr(yaml, "CSafeLoader") else yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        return root, loader.construct_document(root) if root is not None else None
+    finally:
+        loader.dispose()
+
+
+def _python_yaml_error(text: str) -> yaml.YAMLError | None:
+    """PyYAML's own parser on a file libyaml refused: slower, but its messages say more ("expected <block
+    end>, but found '<block mapping start>'" where libyaml says "did not find expected key")."""
+    try:
+        yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        return e
+    return None
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
@@ -432,9 +473,11 @@ class RulesSource:
         self.path = Path(path)
         self._lock = threading.Lock()
         # Stat before reading: an edit landing between the two is then seen as a change and read again.
-        self._mtime = self._stat()
+        self._mtime = _mtime(self.path)
         self._rules: RuleSet | None = fallback
         self.error: str | None = None
+        if fallback is not None and fallback._read_from == (self.path.absolute(), self._mtime):
+            return  # the fallback is this file as it is now (the master read it before forking)
         if not self._load():
             kept = "the rules loaded at start" if fallback is not None else "no rules"
             _log.error("serving with %s until the file is fixed: %s", kept, self.error)
@@ -445,12 +488,6 @@ class RulesSource:
 
         Like ``error``, it reflects the last :meth:`current` call, which is what re-reads a changed file."""
         return self._rules is not None
-
-    def _stat(self) -> float | None:
-        try:
-            return self.path.stat().st_mtime
-        except OSError:
-            return None
 
     def _load(self) -> bool:
         """Read the file; on success it becomes the rules in force, else ``error`` says why."""
@@ -471,7 +508,7 @@ class RulesSource:
     def current(self) -> RuleSet:
         """The rules in force, re-reading the file first if it changed; empty when none ever loaded."""
         with self._lock:
-            mtime = self._stat()
+            mtime = _mtime(self.path)
             if mtime != self._mtime:
                 self._mtime = mtime
                 if self._load():

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from webhook_server import rules as rules_module
 from webhook_server.errors import RulesError
 from webhook_server.rules import (
     RuleSet,
@@ -763,3 +764,30 @@ def test_notify_must_be_a_list() -> None:
             notify: {HOOK}
         """
     ) == ["line 5: services.api.notify: must be a list"]
+
+
+def test_a_worker_uses_the_rules_its_master_read_while_the_file_is_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "rules.yaml"
+    _write(path, {"one": _svc()}, mtime=1_000_000)
+    master = load_rules(path)
+    parsed: list[str] = []
+    real = rules_module.parse_rules
+    monkeypatch.setattr(rules_module, "parse_rules", lambda text, **kw: parsed.append(text) or real(text, **kw))
+
+    worker = RulesSource(path, fallback=master)
+    assert worker.current() is master and parsed == []  # parsed once, by the master
+
+    _write(path, {"two": _svc()}, mtime=1_000_100)
+    assert seen(worker) == (["two"], None, True) and len(parsed) == 1
+    # A worker started after that edit parses the file: its master's rules are of an older file.
+    assert seen(RulesSource(path, fallback=master)) == (["two"], None, True) and len(parsed) == 2
+
+
+def test_rules_are_found_by_repository_whatever_their_number() -> None:
+    many = {f"s{i}": {"repository": f"acme/app{i}", "tags": "latest"} for i in range(1000)}
+    many["twin"] = {"repository": "acme/app7", "tags": "latest"}
+    ruleset = parse_rules(yaml.safe_dump({"services": many}))
+    assert [r.service for r in ruleset.for_repository("ACME/app7")] == ["s7", "twin"]
+    assert ruleset.for_repository("acme/none") == []
