@@ -7,10 +7,12 @@ client is the address the request came from, after the trusted-proxy setting.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -47,19 +49,25 @@ class Limiter:
         self._path = path
         self._limits: dict[Kind, Limit] = {"request": requests, "auth": auth_failures}
         self._clock = clock
-        self._local = threading.local()
         self._pruned = 0.0
+        # One connection per process, used under a lock: each statement is one short autocommit write, and
+        # under gevent every request is a greenlet of its own (a per-thread connection would be one per
+        # request). A gunicorn worker forked from a process that used it opens its own.
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
         with self._connect() as conn:
             conn.executescript(_SCHEMA)
 
-    def _connect(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self._path, timeout=5, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=OFF")
-            self._local.conn = conn
-        return conn
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._conn is None or self._pid != os.getpid():
+                conn = sqlite3.connect(self._path, timeout=5, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=OFF")
+                self._conn, self._pid = conn, os.getpid()
+            yield self._conn
 
     def _window(self, kind: Kind) -> tuple[int, int]:
         """(the current window's number, seconds until it ends)."""
@@ -74,13 +82,13 @@ class Limiter:
         if limit.count <= 0:
             return Verdict(True)
         window, left = self._window(kind)
-        conn = self._connect()
-        row = conn.execute(
-            "INSERT INTO hits (client, kind, window, count) VALUES (?, ?, ?, 1)"
-            " ON CONFLICT (client, kind, window) DO UPDATE SET count = count + 1 RETURNING count",
-            (client, kind, window),
-        ).fetchone()
-        self._prune()
+        with self._connect() as conn:
+            row = conn.execute(
+                "INSERT INTO hits (client, kind, window, count) VALUES (?, ?, ?, 1)"
+                " ON CONFLICT (client, kind, window) DO UPDATE SET count = count + 1 RETURNING count",
+                (client, kind, window),
+            ).fetchone()
+            self._prune(conn)
         return Verdict(True) if row[0] <= limit.count else Verdict(False, left)
 
     def check(self, client: str, kind: Kind) -> Verdict:
@@ -89,20 +97,18 @@ class Limiter:
         if limit.count <= 0:
             return Verdict(True)
         window, left = self._window(kind)
-        row = (
-            self._connect()
-            .execute("SELECT count FROM hits WHERE client = ? AND kind = ? AND window = ?", (client, kind, window))
-            .fetchone()
-        )
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT count FROM hits WHERE client = ? AND kind = ? AND window = ?", (client, kind, window)
+            ).fetchone()
         return Verdict(False, left) if row is not None and row[0] >= limit.count else Verdict(True)
 
-    def _prune(self) -> None:
+    def _prune(self, conn: sqlite3.Connection) -> None:
         # Old windows are dead weight; clearing them once a minute keeps the file small.
         now = self._clock()
         if now - self._pruned < 60:
             return
         self._pruned = now
-        conn = self._connect()
         for kind in self._limits:
             conn.execute("DELETE FROM hits WHERE kind = ? AND window < ?", (kind, self._window(kind)[0] - 1))
 
