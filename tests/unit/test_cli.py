@@ -380,3 +380,24 @@ def test_a_new_install_needs_32_character_tokens_but_an_existing_one_keeps_16(tm
     with socket.create_server(("127.0.0.1", 0)) as taken:  # so that serve stops at the next check
         env["WEBHOOK_BIND"] = f"127.0.0.1:{taken.getsockname()[1]}"
         assert one_line_error(run("serve", env=env)).startswith("cannot listen on 127.0.0.1:")
+
+
+def test_check_rules_says_which_certificate_serves_each_name(tmp_path: Path) -> None:
+    example = (REPO / "nginx" / "deploy_rules.example.yaml").read_text()
+    wildcard = example.replace(
+        "  sites:\n    - server_names: [example.com, www.example.com]",
+        '  certificates:\n    example.com: [example.com, "*.example.com"]\n'
+        '  sites:\n    - server_names: [example.com, "*.example.com"]',
+    )
+    assert wildcard != example
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(wildcard)
+    result = run("check-rules", str(rules))
+    assert result.returncode == 0, result.stderr
+    # The wildcard covers the receiver's own name too: one lineage serves all three.
+    served = "serves hooks.example.com, example.com, *.example.com"
+    assert f"  certificate example.com (holds example.com, *.example.com): {served}" in result.stdout.splitlines()
+    # A name no lineage covers is refused, with its line.
+    rules.write_text(wildcard.replace('[example.com, "*.example.com"]\n  sites', "[example.com]\n  sites"))
+    refused = run("check-rules", str(rules))
+    assert refused.returncode == 2 and "no certificate lineage covers" in refused.stderr, refused.stderr
