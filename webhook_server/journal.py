@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 import weakref
@@ -61,6 +62,7 @@ from webhook_server.journal_schema import pushes as P
 from webhook_server.journal_schema import transitions as T
 from webhook_server.matching import Candidate, Coalesced, DeployPlan
 from webhook_server.settings import POSTGRESQL_SCHEMES
+from webhook_server.sqlite_lock import when_unlocked
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -226,13 +228,25 @@ def _translated(name: str) -> Iterator[None]:
         raise JournalError(name, reason) from e
     except exc.TimeoutError as e:  # every pooled connection busy for too long
         raise JournalUnavailable(name, "no database connection free") from e
+    except sqlite3.OperationalError as e:  # from our own wait for SQLite's write lock (sqlite_lock.py)
+        raise JournalUnavailable(name, str(e)) from e
+
+
+# How long a write waits for SQLite's write lock (another writer's transaction) before it fails.
+SQLITE_LOCK_SECONDS = 30.0
+
+
+def _sqlite_lock_seconds() -> float:
+    return SQLITE_LOCK_SECONDS  # looked up at each wait, so a test can shorten it
 
 
 def _engine(location: Path | str) -> Engine:
     if not is_postgresql(location):
         # NullPool: a connection per call, as SQLite wants across threads and forks.
         engine = create_engine(
-            URL.create("sqlite+pysqlite", database=str(location)), poolclass=NullPool, connect_args={"timeout": 30.0}
+            URL.create("sqlite+pysqlite", database=str(location)),
+            poolclass=NullPool,
+            connect_args={"timeout": SQLITE_LOCK_SECONDS},
         )
         event.listen(engine, "connect", _sqlite_connected)
         event.listen(engine, "begin", _sqlite_begin)
@@ -262,8 +276,18 @@ def _sqlite_connected(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_begin(conn: Connection) -> None:
     options = conn.get_execution_options()
     conn.exec_driver_sql(f"PRAGMA synchronous={'FULL' if options.get('journal_durable') else 'NORMAL'}")
-    # Writes take the write lock at once, so a read-decide-write never races another writer.
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("journal_write") else "BEGIN")
+    # Writes take the write lock at once, so a read-decide-write never races another writer. The wait for it
+    # is ours, not SQLite's (sqlite_lock.py); once held, nothing else in the transaction waits for writers.
+    if not options.get("journal_write"):
+        conn.exec_driver_sql("BEGIN")
+        return
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    dbapi.execute("PRAGMA busy_timeout=0")
+    try:
+        when_unlocked(lambda: dbapi.execute("BEGIN IMMEDIATE"), timeout=_sqlite_lock_seconds())
+    finally:
+        dbapi.execute(f"PRAGMA busy_timeout={int(SQLITE_LOCK_SECONDS * 1000)}")
 
 
 def journal_exists(location: Path | str) -> bool:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from webhook_server.sqlite_lock import when_unlocked
+
 Kind = Literal["request", "auth"]
 
 _SCHEMA = """
@@ -63,7 +65,8 @@ class Limiter:
     def _connect(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             if self._conn is None or self._pid != os.getpid():
-                conn = sqlite3.connect(self._path, timeout=5, isolation_level=None, check_same_thread=False)
+                # No waiting inside SQLite: a locked write is tried again by when_unlocked (sqlite_lock.py).
+                conn = sqlite3.connect(self._path, timeout=0, isolation_level=None, check_same_thread=False)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=OFF")
                 self._conn, self._pid = conn, os.getpid()
@@ -83,12 +86,15 @@ class Limiter:
             return Verdict(True)
         window, left = self._window(kind)
         with self._connect() as conn:
-            row = conn.execute(
-                "INSERT INTO hits (client, kind, window, count) VALUES (?, ?, ?, 1)"
-                " ON CONFLICT (client, kind, window) DO UPDATE SET count = count + 1 RETURNING count",
-                (client, kind, window),
-            ).fetchone()
-            self._prune(conn)
+            row = when_unlocked(
+                lambda: conn.execute(
+                    "INSERT INTO hits (client, kind, window, count) VALUES (?, ?, ?, 1)"
+                    " ON CONFLICT (client, kind, window) DO UPDATE SET count = count + 1 RETURNING count",
+                    (client, kind, window),
+                ).fetchone(),
+                timeout=LOCK_SECONDS,
+            )
+            when_unlocked(lambda: self._prune(conn), timeout=LOCK_SECONDS)
         return Verdict(True) if row[0] <= limit.count else Verdict(False, left)
 
     def check(self, client: str, kind: Kind) -> Verdict:
@@ -111,6 +117,9 @@ class Limiter:
         self._pruned = now
         for kind in self._limits:
             conn.execute("DELETE FROM hits WHERE kind = ? AND window < ?", (kind, self._window(kind)[0] - 1))
+
+
+LOCK_SECONDS = 5.0
 
 
 def limits_path(journal_path: Path, *, create: bool = False) -> Path:

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, event
 
 from tests.pg import PgCluster, journal_sql
 from webhook_server import cli
+from webhook_server import journal as journal_module
 from webhook_server.errors import ConfigError, JournalError, JournalUnavailable
 from webhook_server.journal import SCHEMA_VERSION, Deployment, Journal, PushRecord, journal_name
 from webhook_server.matching import Candidate, Coalesced, DeployPlan
@@ -390,3 +391,27 @@ def test_concurrent_acquirers_never_both_get_the_lease(journals: Callable[[], Jo
 def test_a_lease_lasts_a_positive_time(journal: Journal) -> None:
     with pytest.raises(ValueError, match="positive"):
         journal.acquire_lease("executor", holder="a", ttl=0)
+
+
+def test_a_write_waits_for_sqlites_write_lock_then_fails_as_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "j.sqlite3"
+    journal = Journal(path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process in the middle of a write
+    done: list[object] = []
+    writer = threading.Thread(target=lambda: done.append(journal.accept(PUSH, [PLAN])))
+    writer.start()
+    writer.join(0.3)
+    assert writer.is_alive() and not done  # waiting, not failed
+    holder.execute("COMMIT")
+    writer.join(10)
+    assert len(done) == 1
+
+    holder.execute("BEGIN IMMEDIATE")
+    monkeypatch.setattr(journal_module, "SQLITE_LOCK_SECONDS", 0.2)
+    with pytest.raises(JournalUnavailable, match="locked"):
+        journal.accept(PUSH, [PLAN])
+    holder.execute("ROLLBACK")
+    holder.close()
