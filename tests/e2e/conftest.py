@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -48,11 +49,35 @@ def make_server(tmp_path: Path, journal_backend: str, request: pytest.FixtureReq
         server.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def image_build(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Future[Images]]:
+    """The receiver's image, built in the background from the first end-to-end test on: the build is the
+    slowest part of the suite (minutes), and most tests wait on Swarm, not on the CPU. The tests that need
+    the image run last (``pytest_collection_modifyitems``)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-build")
+    try:
+        bed: SwarmBed = request.getfixturevalue("swarm_bed")
+    except pytest.skip.Exception as e:
+        future: Future[Images] = Future()
+        future.set_exception(RootfsUnavailable(f"no Swarm test bed: {e}"))
+    else:
+        future = pool.submit(build_images, bed, tmp_path_factory.mktemp("receiver-image"))
+    yield future
+    pool.shutdown(wait=True)  # a build still running ends before the bed it builds on stops
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that need the image last, so that its build overlaps everything before them."""
+    needs = [i for i in items if {"images", "job_image"} & set(getattr(i, "fixturenames", ()))]
+    if needs:
+        items[:] = [i for i in items if i not in needs] + needs
+
+
 @pytest.fixture(scope="session")
-def images(swarm_bed: SwarmBed, tmp_path_factory: pytest.TempPathFactory) -> Images:
+def images(image_build: Future[Images]) -> Images:
     """The receiver built from the Dockerfile (once per session: the build is the slow part), and nginx."""
     try:
-        return build_images(swarm_bed, tmp_path_factory.mktemp("receiver-image"))
+        return image_build.result()
     except RootfsUnavailable as e:
         if bed_required():
             pytest.fail(f"cannot make the base image: {e}")
