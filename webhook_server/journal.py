@@ -50,7 +50,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 
 from webhook_server import journal_wakeup as wakeup
 from webhook_server.errors import DeploymentNotFound, JournalError, JournalUnavailable
@@ -242,12 +242,20 @@ def _sqlite_lock_seconds() -> float:
 
 def _engine(location: Path | str) -> Engine:
     if not is_postgresql(location):
-        # NullPool: a connection per call, as SQLite wants across threads and forks.
-        engine = create_engine(
-            URL.create("sqlite+pysqlite", database=str(location)),
-            poolclass=NullPool,
-            connect_args={"timeout": SQLITE_LOCK_SECONDS},
-        )
+        if str(location) == ":memory:":
+            # Each connection to ":memory:" is a database of its own: one connection per call.
+            engine = create_engine("sqlite+pysqlite://", poolclass=NullPool)
+        else:
+            # A few kept connections, each used by one thread at a time: closing the last connection to a
+            # WAL file checkpoints it, which a connection per call paid on every request (2 ms of 2.5).
+            engine = create_engine(
+                URL.create("sqlite+pysqlite", database=str(location)),
+                poolclass=QueuePool,
+                pool_size=5,
+                max_overflow=10,
+                connect_args={"timeout": SQLITE_LOCK_SECONDS, "check_same_thread": False},
+            )
+            _pooled.add(engine)
         event.listen(engine, "connect", _sqlite_connected)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
