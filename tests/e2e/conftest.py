@@ -55,10 +55,14 @@ def image_build(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     slowest part of the suite (minutes), and most tests wait on Swarm, not on the CPU. The tests that need
     the image run last (``pytest_collection_modifyitems``)."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-build")
+    future: Future[Images] = Future()
+    if not any(_needs_image(item) for item in request.session.items):
+        future.set_exception(RootfsUnavailable("no test of this run needs the image"))
+        yield future
+        return
     try:
         bed: SwarmBed = request.getfixturevalue("swarm_bed")
     except pytest.skip.Exception as e:
-        future: Future[Images] = Future()
         future.set_exception(RootfsUnavailable(f"no Swarm test bed: {e}"))
     else:
         future = pool.submit(build_images, bed, tmp_path_factory.mktemp("receiver-image"))
@@ -68,9 +72,13 @@ def image_build(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The tests that need the image last, so that its build overlaps everything before them."""
-    needs = [i for i in items if {"images", "job_image"} & set(getattr(i, "fixturenames", ()))]
+    needs = [i for i in items if _needs_image(i)]
     if needs:
         items[:] = [i for i in items if i not in needs] + needs
+
+
+def _needs_image(item: pytest.Item) -> bool:
+    return bool({"images", "job_image"} & set(getattr(item, "fixturenames", ())))
 
 
 @pytest.fixture(scope="session")
