@@ -23,9 +23,11 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import docker
 import docker.errors
+import pytest
 import requests
 from docker.types import Healthcheck, ServiceMode, UpdateConfig
 
@@ -48,6 +50,21 @@ class BedUnavailable(RuntimeError):
 def bed_required() -> bool:
     """Under CI (or REQUIRE_SWARM=1) a bed that cannot start is a failure, never a skip."""
     return bool(os.environ.get("CI")) or os.environ.get("REQUIRE_SWARM") == "1"
+
+
+def unavailable(message: str) -> NoReturn:
+    """Skip a test whose real part is missing here; under CI or REQUIRE_SWARM=1, fail it instead."""
+    if bed_required():
+        pytest.fail(f"required here (CI / REQUIRE_SWARM=1): {message}")
+    pytest.skip(message)
+
+
+def docker_cli() -> str:
+    """Debian's docker.io client (what scripts/test installs), else whatever docker is on PATH."""
+    found = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else shutil.which("docker")
+    if found is None:
+        unavailable("no docker CLI (apt-get install docker.io)")
+    return found
 
 
 def missing_prerequisites() -> str | None:

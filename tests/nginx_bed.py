@@ -24,9 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.bed import alive, bed_required, debootstrap, free_port, stop_process, wait_for
+from tests.bed import alive, debootstrap, free_port, stop_process, unavailable, wait_for
 from webhook_server.proxy.config import ProxyConfig
 from webhook_server.proxy.render import render_nginx_conf
 
@@ -45,10 +43,7 @@ def require(*binaries: str) -> None:
     if not missing:
         return
     packages = sorted({PACKAGES.get(b, b) for b in missing})
-    message = f"missing {', '.join(missing)} (apt-get install {' '.join(packages)})"
-    if bed_required():
-        pytest.fail(f"required here (CI / REQUIRE_SWARM=1): {message}")
-    pytest.skip(message)
+    unavailable(f"missing {', '.join(missing)} (apt-get install {' '.join(packages)})")
 
 
 def make_dir(prefix: str) -> Path:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import requests
 from docker.models.containers import Container
 from docker.types import Mount, SecretReference
 
-from tests.bed import SwarmBed, bed_required, free_port, wait_for
+from tests.bed import SwarmBed, docker_cli, free_port, wait_for
 from tests.e2e.test_rollout import assert_all_tasks_run, rules_for
 from tests.images import Images
 from tests.nginx_bed import self_signed
@@ -285,16 +284,6 @@ class StackClient:
             return False
         self.last = f"{status} {body}"
         return status == 200
-
-
-def docker_cli() -> str:
-    """Debian's docker.io client (what scripts/test installs), else whatever docker is on PATH."""
-    found = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else shutil.which("docker")
-    if found is None:
-        if bed_required():
-            pytest.fail("the docker CLI is required here (CI / REQUIRE_SWARM=1): apt-get install docker.io")
-        pytest.skip("no docker CLI (apt-get install docker.io)")
-    return found
 
 
 def proxy_rules(bed: SwarmBed, repo: str, service: str, images: Images) -> str:

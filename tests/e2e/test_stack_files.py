@@ -4,25 +4,19 @@ would merge them (`docker stack config`: the Docker CLI's own merge and interpol
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-from tests.bed import bed_required
+from tests.bed import docker_cli
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 def merged(*files: str, **env: str) -> dict[str, Any]:
-    docker = shutil.which("docker")
-    if docker is None:
-        if bed_required():
-            pytest.fail("the docker CLI is required here (CI / REQUIRE_SWARM=1)")
-        pytest.skip("no docker CLI")
+    docker = docker_cli()
     variables = {"WEBHOOK_IMAGE": "reg.test/webhook:1", "WEBHOOK_RULES_FILE": "/dev/null", "NGINX_CONF": "/dev/null"}
     result = subprocess.run(
         [docker, "stack", "config", *(a for f in files for a in ("-c", str(DEPLOY / f)))],

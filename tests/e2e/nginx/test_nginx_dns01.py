@@ -27,7 +27,7 @@ import pytest
 import requests
 import yaml
 
-from tests.bed import SwarmBed, bed_required, free_port, wait_for
+from tests.bed import SwarmBed, free_port, unavailable, wait_for
 from tests.dns_bed import Bind, start_bind
 from tests.e2e.nginx.conftest import MOUNT
 from tests.nginx_bed import (
@@ -90,10 +90,7 @@ class Dns01:
 def require_rfc2136_plugin() -> None:
     found = subprocess.run(["/usr/bin/python3", "-c", "import certbot_dns_rfc2136"], capture_output=True)
     if found.returncode != 0:
-        message = "certbot's RFC 2136 plugin is missing (apt-get install python3-certbot-dns-rfc2136)"
-        if bed_required():
-            pytest.fail(f"required here (CI / REQUIRE_SWARM=1): {message}")
-        pytest.skip(message)
+        unavailable("certbot's RFC 2136 plugin is missing (apt-get install python3-certbot-dns-rfc2136)")
 
 
 @pytest.fixture(scope="module")
