@@ -4,19 +4,29 @@ would merge them (`docker stack config`: the Docker CLI's own merge and interpol
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.bed import docker_cli
+from tests.bed import docker_cli, unavailable
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
+def _cli_with_stack_config() -> str:
+    """A Docker CLI that has `docker stack config` (23.0 and later; Debian's docker.io 20.10 has not)."""
+    for candidate in dict.fromkeys(filter(None, [shutil.which("docker"), docker_cli()])):
+        probe = subprocess.run([candidate, "stack", "config", "--help"], capture_output=True, timeout=30)
+        if probe.returncode == 0:
+            return candidate
+    unavailable("no Docker CLI with `docker stack config` (Docker 23 or later)")
+
+
 def merged(*files: str, **env: str) -> dict[str, Any]:
-    docker = docker_cli()
+    docker = _cli_with_stack_config()
     variables = {"WEBHOOK_IMAGE": "reg.test/webhook:1", "WEBHOOK_RULES_FILE": "/dev/null", "NGINX_CONF": "/dev/null"}
     result = subprocess.run(
         [docker, "stack", "config", *(a for f in files for a in ("-c", str(DEPLOY / f)))],
