@@ -278,7 +278,8 @@ def _sqlite_connected(dbapi_connection: Any, _record: Any) -> None:
     # The sqlite3 module's own transaction handling off: _sqlite_begin says BEGIN, as the journal needs it.
     dbapi_connection.isolation_level = None
     # Outside any transaction, where SQLite allows it; on a file already in WAL mode this changes nothing.
-    dbapi_connection.execute("PRAGMA journal_mode=WAL")
+    # A new file's switch to WAL can fail at once while another process does the same: tried again.
+    when_unlocked(lambda: dbapi_connection.execute("PRAGMA journal_mode=WAL"), timeout=SQLITE_LOCK_SECONDS)
 
 
 def _sqlite_begin(conn: Connection) -> None:

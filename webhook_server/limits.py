@@ -58,17 +58,22 @@ class Limiter:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
-        with self._connect() as conn:
-            conn.executescript(_SCHEMA)
+        with self._connect():
+            pass  # created now, so a mistake shows at start
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             if self._conn is None or self._pid != os.getpid():
-                # No waiting inside SQLite: a locked write is tried again by when_unlocked (sqlite_lock.py).
-                conn = sqlite3.connect(self._path, timeout=0, isolation_level=None, check_same_thread=False)
-                conn.execute("PRAGMA journal_mode=WAL")
+                # Setting up may wait inside SQLite (workers booting together race for it, before they serve);
+                # afterwards no waiting inside SQLite: a locked write is tried again by when_unlocked.
+                conn = sqlite3.connect(self._path, timeout=LOCK_SECONDS, isolation_level=None, check_same_thread=False)
+                # Switching a new file to WAL can fail at once while another process does the same (SQLite does
+                # not wait for that one): tried again like any locked write.
+                when_unlocked(lambda: conn.execute("PRAGMA journal_mode=WAL"), timeout=LOCK_SECONDS)
                 conn.execute("PRAGMA synchronous=OFF")
+                when_unlocked(lambda: conn.executescript(_SCHEMA), timeout=LOCK_SECONDS)
+                conn.execute("PRAGMA busy_timeout=0")
                 self._conn, self._pid = conn, os.getpid()
             yield self._conn
 

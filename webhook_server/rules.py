@@ -311,7 +311,7 @@ class RuleSet(BaseModel):
     _by_repository: dict[str, list[Rule]] = PrivateAttr(default_factory=dict)
     # The file these rules were read from and its mtime just before: a process that inherits them (a gunicorn
     # worker) uses them as they are while the file is unchanged, instead of parsing it again.
-    _read_from: tuple[Path, float] | None = PrivateAttr(default=None)
+    _read_from: tuple[Path, FileStamp] | None = PrivateAttr(default=None)
 
     def model_post_init(self, context: Any, /) -> None:
         for rule in self.rules.values():
@@ -346,7 +346,7 @@ class RuleSet(BaseModel):
 def load_rules(path: Path | str) -> RuleSet:
     """Read and validate a rules file; raise RulesError listing every located problem."""
     path = Path(path)
-    mtime = _mtime(path)
+    stamp = _stamp(path)
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -359,9 +359,22 @@ def load_rules(path: Path | str) -> RuleSet:
             str(path), [f"line {line}: not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start}"]
         ) from None
     rules = parse_rules(text, source=str(path))
-    if mtime is not None:
-        rules._read_from = (path.absolute(), mtime)
+    if stamp is not None:
+        rules._read_from = (path.absolute(), stamp)
     return rules
+
+
+# The file's identity and last change: ctime moves with every write or rename, even one that restores the
+# mtime (an edit picked up only when gunicorn starts new workers on SIGHUP must not look unchanged).
+FileStamp = tuple[int, int, int]
+
+
+def _stamp(path: Path) -> FileStamp | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return (found.st_ino, found.st_mtime_ns, found.st_ctime_ns)
 
 
 def _mtime(path: Path) -> float | None:
@@ -476,7 +489,7 @@ class RulesSource:
         self._mtime = _mtime(self.path)
         self._rules: RuleSet | None = fallback
         self.error: str | None = None
-        if fallback is not None and fallback._read_from == (self.path.absolute(), self._mtime):
+        if fallback is not None and fallback._read_from == (self.path.absolute(), _stamp(self.path)):
             return  # the fallback is this file as it is now (the master read it before forking)
         if not self._load():
             kept = "the rules loaded at start" if fallback is not None else "no rules"

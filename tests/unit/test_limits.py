@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from pathlib import Path
+from typing import Any
 
 from flask.testing import FlaskClient
 
@@ -72,3 +75,27 @@ def test_request_rate_per_client_but_not_for_health_probes(tmp_path: Path, rules
     assert [a.status_code for a in answers] == [200, 200, 200, 429]
     assert answers[-1].get_json()["error"] == "rate_limited"
     assert all(client.get("/healthz").status_code == 200 for _ in range(10))
+
+
+def _boot_and_hit(path: Path, ready: Any) -> None:
+    ready.wait(10)
+    limiter = Limiter(path, requests=Limit(1000, 60), auth_failures=Limit(10, 600))
+    for _ in range(20):
+        assert limiter.hit("10.0.0.1", "request").allowed
+    os._exit(0)
+
+
+def test_workers_booting_together_on_a_new_file_all_start(tmp_path: Path) -> None:
+    """gunicorn starts its workers at once: creating the file and its WAL must not fail any of them."""
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    workers = [context.Process(target=_boot_and_hit, args=(tmp_path / "x.limits", ready)) for _ in range(6)]
+    for worker in workers:
+        worker.start()
+    ready.set()
+    for worker in workers:
+        worker.join(30)
+    assert [w.exitcode for w in workers] == [0] * 6
+    after = Limiter(tmp_path / "x.limits", requests=Limit(200, 60), auth_failures=Limit(10, 600))
+    # Every hit of every worker was counted in the one file: 120 of 121 allowed.
+    assert after.hit("10.0.0.1", "request").allowed

@@ -791,3 +791,14 @@ def test_rules_are_found_by_repository_whatever_their_number() -> None:
     ruleset = parse_rules(yaml.safe_dump({"services": many}))
     assert [r.service for r in ruleset.for_repository("ACME/app7")] == ["s7", "twin"]
     assert ruleset.for_repository("acme/none") == []
+
+
+def test_a_worker_reads_a_file_replaced_under_the_same_mtime(tmp_path: Path) -> None:
+    """gunicorn's SIGHUP starts new workers to re-read the rules: an edit that kept the mtime must count."""
+    path = tmp_path / "rules.yaml"
+    _write(path, {"one": _svc()}, mtime=1_000_000)
+    master = load_rules(path)
+    staged = tmp_path / "rules.new"
+    _write(staged, {"two": _svc()}, mtime=1_000_000)
+    os.replace(staged, path)
+    assert seen(RulesSource(path, fallback=master)) == (["two"], None, True)
