@@ -10,8 +10,6 @@ so that any worker answers ``/api/certificates`` and ``/readyz`` with the served
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import socket
@@ -21,12 +19,13 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
 from cryptography import x509
 from pydantic import BaseModel, ConfigDict
 
 from webhook_server.durations import format_duration
+from webhook_server.leadership import FileLock
 from webhook_server.notify import Event, Notifier
 from webhook_server.proxy.config import ProxyConfig
 from webhook_server.proxy.lineages import covers
@@ -330,37 +329,23 @@ class CertificateWatch:
         self._probe = probe
         self._notifier = notifier
         self._interval = interval
-        self._lock_file: IO[bytes] | None = None
+        # One watching process per host; the kernel frees the lock when it exits and another takes over.
+        self._lock = FileLock(certificates.lock_path)
         self._thread: threading.Thread | None = None
 
     def start(self, stop: threading.Event) -> None:
         self._thread = threading.Thread(target=self._run, args=(stop,), name="certificate-watch", daemon=True)
         self._thread.start()
 
-    def _elected(self) -> bool:
-        if self._lock_file is not None:
-            return True
-        handle = self._certificates.lock_path.open("ab")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            return False
-        # Held until this process exits; the kernel releases it then, and another worker takes over.
-        self._lock_file = handle
-        return True
-
     def _run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
-                if self._elected():
+                if self._lock.try_acquire():
                     self._certificates.check(probe=self._probe, notifier=self._notifier)
             except Exception:
                 log.exception("certificate check failed")
             stop.wait(self._interval)
-        if self._lock_file is not None:
-            with contextlib.suppress(OSError):
-                self._lock_file.close()
+        self._lock.release()
 
 
 def state_json(found: Sequence[CertificateStatus], *, warn_days: int) -> dict[str, object]:
