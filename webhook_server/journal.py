@@ -38,6 +38,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Insert,
+    bindparam,
     case,
     create_engine,
     event,
@@ -193,6 +194,17 @@ _POSTGRESQL_DEFAULTS: Mapping[str, str] = {
 _INSERT_PUSH = P.insert()
 _INSERT_DEPLOYMENT = D.insert().returning(*D.c)
 _INSERT_TRANSITION = T.insert()
+_END = (
+    D.update()
+    .where(D.c.id == bindparam("id_"))
+    .values(
+        state=bindparam("state_"),
+        message=bindparam("message_"),
+        superseded_by=func.coalesce(bindparam("by_", type_=D.c.superseded_by.type), D.c.superseded_by),
+        updated_at=bindparam("at_"),
+        finished_at=bindparam("at_"),
+    )
+)
 
 # A forked child (a gunicorn worker) must not use its parent's pooled connections; it opens its own.
 _pooled: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -379,13 +391,15 @@ class Journal:
         self._listeners.append(listener)
 
     def _tell(self, deployment_ids: Iterable[int]) -> None:
-        if not self._listeners:
+        ids = list(deployment_ids)
+        if not self._listeners or not ids:
             return
-        for deployment_id in deployment_ids:
-            dep = self.get(deployment_id)
+        # One query for all of them: a claim may end hundreds at once after a burst.
+        found = {d.id: d for d in self._deployments(select(D).where(D.c.id.in_(ids)))}
+        for deployment_id in ids:
             for listener in self._listeners:
                 try:
-                    listener(dep)
+                    listener(found[deployment_id])
                 except Exception:
                     log.exception("deployment %s: an outcome listener failed", deployment_id)
 
@@ -593,13 +607,13 @@ class Journal:
                     for r in rows
                 ]
             )
-            for candidate, reason in decision.refused:
-                self._end(conn, candidate.id, "skipped", reason, now)
+            ended = [(c.id, "skipped", reason, None) for c, reason in decision.refused]
             best = decision.chosen
             if best is not None:
-                for loser in decision.superseded:
-                    conn.execute(D.update().where(D.c.id == loser.id).values(superseded_by=best.id))
-                    self._end(conn, loser.id, "superseded", f"superseded by deployment {best.id} ({best.tag})", now)
+                beaten = f"superseded by deployment {best.id} ({best.tag})"
+                ended += [(c.id, "superseded", beaten, best.id) for c in decision.superseded]
+            self._end_all(conn, ended, now)
+            if best is not None:
                 self._run(conn, best.id, now)
         self._tell([c.id for c, _ in decision.refused] + [c.id for c in decision.superseded])
         return self.get(best.id) if best is not None else None
@@ -612,13 +626,19 @@ class Journal:
         )
         self._log_transition(conn, deployment_id, "running", "claimed by the executor", now)
 
-    def _end(self, conn: Connection, deployment_id: int, state: State, message: str, now: str) -> None:
+    @staticmethod
+    def _end_all(conn: Connection, ended: Sequence[tuple[int, State, str, int | None]], now: str) -> None:
+        """End deployments in one statement of each kind: (id, final state, message, superseded by)."""
+        if not ended:
+            return
         conn.execute(
-            D.update()
-            .where(D.c.id == deployment_id)
-            .values(state=state, message=message, updated_at=now, finished_at=now)
+            _END,
+            [{"id_": i, "state_": state, "message_": text, "by_": by, "at_": now} for i, state, text, by in ended],
         )
-        self._log_transition(conn, deployment_id, state, message, now)
+        conn.execute(
+            _INSERT_TRANSITION,
+            [{"deployment_id": i, "at": now, "state": state, "message": message} for i, state, message, _ in ended],
+        )
 
     def update(
         self,
