@@ -175,6 +175,8 @@ class Lease(BaseModel):
 
 
 Listener = Callable[["Deployment"], None]
+# A deployment a claim ends: (id, final state, message, the deployment that superseded it).
+Ended = tuple[int, State, str, int | None]
 
 # libpq settings a PostgreSQL journal gets unless its URL sets them. A dead or unreachable server fails a
 # call within seconds (never a request hanging for the kernel's minutes), and the server ends the
@@ -607,7 +609,7 @@ class Journal:
                     for r in rows
                 ]
             )
-            ended = [(c.id, "skipped", reason, None) for c, reason in decision.refused]
+            ended: list[Ended] = [(c.id, "skipped", why, None) for c, why in decision.refused]
             best = decision.chosen
             if best is not None:
                 beaten = f"superseded by deployment {best.id} ({best.tag})"
@@ -627,7 +629,7 @@ class Journal:
         self._log_transition(conn, deployment_id, "running", "claimed by the executor", now)
 
     @staticmethod
-    def _end_all(conn: Connection, ended: Sequence[tuple[int, State, str, int | None]], now: str) -> None:
+    def _end_all(conn: Connection, ended: Sequence[Ended], now: str) -> None:
         """End deployments in one statement of each kind: (id, final state, message, superseded by)."""
         if not ended:
             return
