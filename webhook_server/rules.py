@@ -323,13 +323,15 @@ class RuleSet(BaseModel):
         rules = {}
         for name, entry in parsed.services.items():
             overrides = {k: v for k, v in entry.update if v is not None}
-            rules[name] = Rule(
+            # Every part was validated with the file (RulesFile): validating it again per rule took a third of
+            # the time 10,000 rules need to load.
+            rules[name] = Rule.model_construct(
                 service=name,
                 repository=entry.repository,
                 image=entry.image or entry.repository,
                 tags=entry.tags,
                 policy=entry.policy,
-                update=defaults.update.model_copy(update=overrides),
+                update=defaults.update.model_copy(update=overrides) if overrides else defaults.update,
                 timeout=entry.timeout if entry.timeout is not None else defaults.timeout,
                 notify=entry.notify if entry.notify is not None else defaults.notify,
                 notify_on=entry.notify_on if entry.notify_on is not None else defaults.notify_on,
