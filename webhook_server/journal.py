@@ -10,7 +10,9 @@ PostgreSQL each process keeps a small pool.
 Accepting is durable: a 202 means the push is committed (SQLite: synchronous=FULL, so it survives a power
 cut; PostgreSQL: synchronous_commit on for that transaction whatever the server's default). The executor's
 own bookkeeping on SQLite uses NORMAL (WAL keeps the file consistent; the last transitions may be lost on
-power loss and are re-derived from Swarm when the executor resumes).
+power loss and are re-derived from Swarm when the executor resumes). Pushes that a process's requests write
+at about the same time share one transaction (group_commit.py); each request still answers only once its
+own push is committed.
 
 A database that cannot be reached raises JournalUnavailable, any other database error JournalError: no
 driver exception leaves this module. Leases (acquire_lease ...) elect one executor among receivers by the
@@ -55,6 +57,7 @@ from sqlalchemy.pool import NullPool, QueuePool
 
 from webhook_server import journal_wakeup as wakeup
 from webhook_server.errors import DeploymentNotFound, JournalError, JournalUnavailable
+from webhook_server.group_commit import GroupCommit
 from webhook_server.journal_schema import SCHEMA_VERSION, db_clock, migrate
 from webhook_server.journal_schema import deployments as D
 from webhook_server.journal_schema import leases as L
@@ -149,6 +152,15 @@ class Deployment(BaseModel):
     @property
     def done(self) -> bool:
         return self.state in TERMINAL
+
+
+@dataclass(frozen=True)
+class _Write:
+    """A request's write: what it stores (given the batch's connection), and what its commit must do."""
+
+    store: Callable[[Connection], Any]
+    durable: bool  # committed to disk before the caller hears of it (an accepted push)
+    queues_work: bool  # wakes the executors once committed
 
 
 @dataclass(frozen=True)
@@ -343,6 +355,11 @@ class Journal:
         self.backend: Literal["sqlite", "postgresql"] = "postgresql" if is_postgresql(location) else "sqlite"
         self.file: Path | None = None if self.backend == "postgresql" else Path(location)
         self._listeners: list[Listener] = []
+        # Requests' pushes, accepted or ignored, are written in batches: one transaction (and one wait for the
+        # disk) for all that arrive together. A write that failed for its own data is tried again alone.
+        self._writes: GroupCommit[_Write, Any] = GroupCommit(
+            self._commit_writes, alone_after=lambda e: not isinstance(e, JournalUnavailable)
+        )
         if self.file is not None and str(self.file) != ":memory:":
             self.file.parent.mkdir(parents=True, exist_ok=True)
         self._engine = _engine(location)
@@ -426,7 +443,8 @@ class Journal:
     ) -> list[Deployment]:
         """Store the push and one queued deployment per plan, durably, before anyone is told "accepted"."""
         now = _now()
-        with self._write(durable=True) as conn:
+
+        def store(conn: Connection) -> list[Deployment]:
             push_id = self._insert_push(conn, push, outcome="accepted", reason=None, at=now)
             rows = [
                 conn.execute(
@@ -449,16 +467,29 @@ class Journal:
             ]
             for row, plan in zip(rows, plans, strict=True):
                 self._log_transition(conn, row.id, "queued", _ARRIVAL[push.trigger].format(tag=plan.tag), now)
-            if self.backend == "postgresql":
-                conn.execute(select(func.pg_notify(wakeup.CHANNEL, "")))  # delivered when this commits
-        if self.file is not None:
-            wakeup.announce_sqlite(self.file)
-        # The rows as stored (RETURNING), defaults included: no second query to read them back.
-        return [Deployment(**row._mapping) for row in rows]
+            # The rows as stored (RETURNING), defaults included: no second query to read them back.
+            return [Deployment(**row._mapping) for row in rows]
+
+        stored: list[Deployment] = self._writes.submit(_Write(store, durable=True, queues_work=True))
+        return stored
 
     def record_ignored(self, push: PushRecord, reason: str) -> int:
-        with self._write() as conn:
+        def store(conn: Connection) -> int:
             return self._insert_push(conn, push, outcome="ignored", reason=reason, at=_now())
+
+        push_id: int = self._writes.submit(_Write(store, durable=False, queues_work=False))
+        return push_id
+
+    def _commit_writes(self, writes: Sequence[_Write]) -> list[Any]:
+        """The requests' writes of one batch (group_commit.py) in one transaction, durable if any must be."""
+        queues_work = any(w.queues_work for w in writes)
+        with self._write(durable=any(w.durable for w in writes)) as conn:
+            results = [w.store(conn) for w in writes]
+            if queues_work and self.backend == "postgresql":
+                conn.execute(select(func.pg_notify(wakeup.CHANNEL, "")))  # delivered when this commits
+        if queues_work and self.file is not None:
+            wakeup.announce_sqlite(self.file)
+        return results
 
     @staticmethod
     def _insert_push(conn: Connection, push: PushRecord, *, outcome: str, reason: str | None, at: str) -> int:
