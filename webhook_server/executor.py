@@ -17,6 +17,7 @@ from typing import Literal
 
 from webhook_server import logs
 from webhook_server.cluster import ServiceState, Swarm, TaskState
+from webhook_server.digests import EarlyDigest
 from webhook_server.durations import format_duration
 from webhook_server.errors import DockerError, DockerUnavailable, ServiceNotFound, UpdateOutOfSequence, UpdateUncertain
 from webhook_server.journal import Deployment, Journal
@@ -208,12 +209,15 @@ class Executor:
                     with logs.context(request_id=orphan.request_id, deployment=orphan.id):
                         self._resume(orphan)
             while not self._stop.is_set():
+                early = EarlyDigest.for_queue(
+                    self._swarm, self._rules().get(service), self._journal.find(service=service, state="queued")
+                )
                 state = self._read(service)
                 claimed = self._journal.claim(service, self._decider(service, state))
                 if claimed is None:
                     return
                 with logs.context(request_id=claimed.request_id, deployment=claimed.id):
-                    self._execute(claimed, state)
+                    self._execute(claimed, state, early)
         except Exception:
             log.exception("executor: unexpected error while deploying %s", service)
         finally:
@@ -237,16 +241,17 @@ class Executor:
         return decide
 
     # ---- one rollout -----------------------------------------------------------------------------
-    def _execute(self, dep: Deployment, state: ServiceState | None) -> None:
+    def _execute(self, dep: Deployment, state: ServiceState | None, early: EarlyDigest | None = None) -> None:
         """Run a claimed deployment. ``state`` is what the claim decided against: the first attempt uses it,
-        so the policy check cannot disagree with the coalescing that chose this deployment."""
+        so the policy check cannot disagree with the coalescing that chose this deployment. ``early`` may
+        hold its digest already."""
         rule = self._rules().get(dep.service)
         if rule is None:
             self._finish(dep, "failed", f"no rule for service {dep.service!r} any more")
             return
         for _ in range(MAX_OUT_OF_SEQUENCE):
             try:
-                started = self._start(dep, rule, state or self._swarm.inspect(dep.service))
+                started = self._start(dep, rule, state or self._swarm.inspect(dep.service), early)
             except UpdateOutOfSequence as e:
                 self._journal.update(dep.id, note=f"{e.message}; re-reading the service and trying again")
                 state = None
@@ -266,7 +271,9 @@ class Executor:
             return
         self._finish(dep, "failed", f"gave up after {MAX_OUT_OF_SEQUENCE} conflicting concurrent updates")
 
-    def _start(self, dep: Deployment, rule: Rule, state: ServiceState) -> Deployment | None:
+    def _start(
+        self, dep: Deployment, rule: Rule, state: ServiceState, early: EarlyDigest | None = None
+    ) -> Deployment | None:
         """Check against what runs now and start the update; None when there is nothing to watch."""
         if reached_swarm(dep, state):
             # An earlier attempt got through although its answer was lost: follow it, never call it "skipped".
@@ -278,7 +285,8 @@ class Executor:
             if refusal is not None:
                 self._finish(dep, "skipped", refusal)
                 return None
-            target = f"{dep.image}:{dep.tag}@{self._swarm.resolve_digest(dep.image, dep.tag)}"
+            digest = early.digest(dep.image, dep.tag) if early is not None else None
+            target = f"{dep.image}:{dep.tag}@{digest or self._swarm.resolve_digest(dep.image, dep.tag)}"
         digest = target.partition("@")[2] or None
         if state.runs(target):
             self._journal.update(dep.id, image_ref=target, digest=digest, previous_image=state.image)

@@ -137,13 +137,13 @@ def coalesce(
     allowed = [c for c in candidates if c.id not in refused_ids]
     if not allowed:
         return Coalesced(refused=refused)
-    best = _best(rule, allowed)
+    best = best_of(rule, allowed)
     if not best.ready:
         return Coalesced()
     return Coalesced(chosen=best, superseded=tuple(c for c in allowed if c.id != best.id), refused=refused)
 
 
-def _best(rule: Rule, candidates: Sequence[Candidate]) -> Candidate:
+def best_of(rule: Rule, candidates: Sequence[Candidate]) -> Candidate:
     """The highest semver for semver rules (ties: latest arrival), else the latest arrival."""
     if rule.is_semver:
         ranked = [(v, c.order, c) for c in candidates if (v := parse_tag_version(c.tag)) is not None]
