@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import subprocess
@@ -101,7 +102,14 @@ class Server:
         return pids
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        """Stop gunicorn and its workers: the whole process group it leads, by its pid."""
+        """Stop gunicorn and its workers: the whole process group it leads, by its pid.
+
+        The test's keep-alive connections close first: a worker stopping gracefully waits for its open
+        connections until the server's keep-alive timeout (seconds, for every server of every test), and a
+        client that is done talks no more anyway. ``requests.get`` leaves its connection open until the
+        response is collected, so the responses the test dropped are collected first."""
+        self.session.close()
+        gc.collect()
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
