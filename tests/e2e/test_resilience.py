@@ -22,8 +22,10 @@ from tests.e2e.conftest import ON_BOTH_JOURNALS, ServerFactory
 from tests.e2e.test_rollout import assert_all_tasks_run, rules_for, spec_image
 from tests.server import Server, documented_payload, start_server
 
-# The rollout suite runs on the embedded SQLite journal and on PostgreSQL.
-pytestmark = [pytest.mark.swarm, ON_BOTH_JOURNALS]
+# Bursts, crashes, outages and coalescing run on the embedded SQLite journal and on PostgreSQL (claims,
+# leases and wake-ups differ); a replay, a rollback through the API and a lost Docker answer depend on Swarm
+# and the journal's shared queries only, and run on SQLite.
+pytestmark = [pytest.mark.swarm]
 
 ROLLED_OUT = {"succeeded", "rolled_back", "failed"}
 
@@ -49,6 +51,7 @@ def burst(server: Server, repo: str, tags: list[str], *, threads: int = 8) -> li
         return [r.status_code for r in pool.map(server.hook, payloads)]
 
 
+@ON_BOTH_JOURNALS
 def test_burst_of_200_pushes_ends_on_the_newest_with_few_rollouts(
     bed: SwarmBed, unique: str, make_server: ServerFactory
 ):
@@ -77,6 +80,7 @@ def test_burst_of_200_pushes_ends_on_the_newest_with_few_rollouts(
     print(f"burst: 200 pushes sent in {sent_in:.2f}s, {len(rollouts)} rollout(s)")
 
 
+@ON_BOTH_JOURNALS
 def test_two_services_burst_at_once_and_roll_out_in_parallel(bed: SwarmBed, unique: str, make_server: ServerFactory):
     repos = {f"{unique}_a": f"acme/{unique}a", f"{unique}_b": f"acme/{unique}b"}
     tags = [f"3.1.{i}" for i in range(1, 21)]
@@ -125,6 +129,7 @@ def test_replayed_payload_makes_no_second_rollout(bed: SwarmBed, unique: str, ma
     assert bed.client.services.get(unique).attrs["Version"]["Index"] == version
 
 
+@ON_BOTH_JOURNALS
 def test_sigkill_mid_rollout_is_reconciled_on_restart(bed: SwarmBed, unique: str, make_server: ServerFactory):
     repo = f"acme/{unique}"
     bed.make_image(repo, "1.0.0")
@@ -209,6 +214,7 @@ def own_bed() -> Iterator[SwarmBed]:
         yield bed
 
 
+@ON_BOTH_JOURNALS
 def test_docker_outage_keeps_accepting_and_deploys_afterwards(
     own_bed: SwarmBed, unique: str, make_server: ServerFactory, journal_backend: str
 ):
@@ -273,6 +279,7 @@ def test_docker_outage_keeps_accepting_and_deploys_afterwards(
     assert server.session.get(f"{server.url}/readyz", timeout=10).status_code == 200
 
 
+@ON_BOTH_JOURNALS
 def test_coalescing_keeps_the_version_the_policy_allows(bed: SwarmBed, unique: str, make_server: ServerFactory):
     """Runs 1.0.0 under policy minor; 1.1.0 and 2.0.0 queue while a rollout is busy: 1.1.0 deploys and 2.0.0
     is refused, instead of 2.0.0 superseding 1.1.0 and then being refused itself."""
@@ -299,6 +306,7 @@ def test_coalescing_keeps_the_version_the_policy_allows(bed: SwarmBed, unique: s
     assert spec_image(bed, unique) == f"{allowed}@{bed.registry_digest(allowed)}"
 
 
+@ON_BOTH_JOURNALS
 def test_losing_docker_mid_rollout_gives_up_within_the_retry_limit_and_frees_the_service(
     own_bed: SwarmBed, unique: str, make_server: ServerFactory, journal_backend: str
 ):
