@@ -86,7 +86,7 @@ class GroupCommit(Generic[J, R]):
     def _run(self, batch: list[_Slot[J, R]]) -> None:
         try:
             results = self._commit([slot.job for slot in batch])
-        except BaseException as e:
+        except Exception as e:
             if len(batch) == 1 or not self._alone_after(e):
                 for slot in batch:
                     slot.error = e
@@ -95,6 +95,10 @@ class GroupCommit(Generic[J, R]):
             for slot in batch:
                 self._run([slot])
             return
+        except BaseException as e:  # the leader is being stopped (its process exits): so is everyone's write
+            for slot in batch:
+                slot.error = e
+            raise
         for slot, result in zip(batch, results, strict=True):
             slot.result = result
 

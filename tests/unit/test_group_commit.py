@@ -157,3 +157,21 @@ def test_under_gevent_the_greenlets_that_can_run_join_the_leaders_batch() -> Non
     commits, complete = out.stdout.split()
     assert complete == "True"
     assert int(commits) == 1, out.stdout
+
+
+def test_a_leader_stopped_mid_commit_fails_its_batch_and_the_next_writer_leads() -> None:
+    class Stopped(BaseException):
+        pass
+
+    stopping = [True]
+
+    def commit(jobs: Sequence[int]) -> list[int]:
+        if stopping[0]:
+            raise Stopped()
+        return list(jobs)
+
+    group = GroupCommit(commit, alone_after=lambda e: True)
+    with pytest.raises(Stopped):
+        group.submit(1)
+    stopping[0] = False
+    assert group.submit(2) == 2
