@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.bed import RootfsUnavailable, SwarmBed, bed_required
+from tests.conftest import WORKER, bed_group
 from tests.images import BuildFailed, Images, build_images
 from tests.pg import PgCluster
 from tests.server import Server, server_env, start_server
@@ -49,17 +50,13 @@ def make_server(tmp_path: Path, journal_backend: str, request: pytest.FixtureReq
         server.stop()
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def image_build(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Future[Images]]:
-    """The receiver's image, built in the background from the first end-to-end test on: the build is the
-    slowest part of the suite (minutes), and most tests wait on Swarm, not on the CPU. The tests that need
-    the image run last (``pytest_collection_modifyitems``)."""
+    """The receiver's image, built in the background (``start_image_build``): the build is the slowest part
+    of the suite (minutes), and most tests wait on Swarm, not on the CPU. The tests that need the image run
+    last (``pytest_collection_modifyitems``)."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-build")
     future: Future[Images] = Future()
-    if not any(_needs_image(item) for item in request.session.items):
-        future.set_exception(RootfsUnavailable("no test of this run needs the image"))
-        yield future
-        return
     try:
         bed: SwarmBed = request.getfixturevalue("swarm_bed")
     except pytest.skip.Exception as e:
@@ -68,6 +65,19 @@ def image_build(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         future = pool.submit(build_images, bed, tmp_path_factory.mktemp("receiver-image"))
     yield future
     pool.shutdown(wait=True)  # a build still running ends before the bed it builds on stops
+
+
+@pytest.fixture(autouse=True)
+def start_image_build(request: pytest.FixtureRequest) -> None:
+    """Start the image's build at the first end-to-end test of a run that needs the image; under xdist, at
+    the first test of the group that holds the image's tests (its worker alone builds it)."""
+    session = request.session
+    wanted = getattr(session, "_image_wanted", None)
+    if wanted is None:
+        wanted = {bed_group(i) for i in session.items if _needs_image(i)}
+        session._image_wanted = wanted  # type: ignore[attr-defined]
+    if wanted and (not WORKER or bed_group(request.node) in wanted):
+        request.getfixturevalue("image_build")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -31,6 +31,8 @@ from webhook_server.proxy.render import ecdh_curves, http2_directive
 from webhook_server.rules import load_rules
 
 pytestmark = pytest.mark.nginx
+# Its modern variants ask for debian_rootfs at run time: the worker that makes it for the one-node bed's tests.
+XDIST_GROUP = "singlenode"
 
 GOLDEN = Path(__file__).parents[2] / "unit" / "golden"
 EXAMPLE = Path(__file__).parents[3] / "nginx" / "deploy_rules.example.yaml"
