@@ -29,7 +29,7 @@ from webhook_server.proxy.commands import reload_proxy, render_nginx
 from webhook_server.proxy.lineages import certificate_lines
 from webhook_server.rules import RuleSet, RulesSource, load_rules
 from webhook_server.settings import NEW_INSTALL_TOKEN_LENGTH, Settings, load_settings
-from webhook_server.status import cluster_status, deployment_detail, node_detail
+from webhook_server.status import cluster_status, deployment_detail, executor_detail, node_detail
 
 log = logging.getLogger(__name__)
 DEFAULT_BIND = "127.0.0.1:9000"
@@ -288,16 +288,19 @@ def status(as_json: bool) -> None:
     rules = load_rules(settings.rules_path)
     swarm = _swarm(settings)
     node = swarm.node()
-    found = cluster_status(journal=_journal(settings), swarm=swarm, rules=rules)
+    journal = _journal(settings)
+    found = cluster_status(journal=journal, swarm=swarm, rules=rules)
+    executor = executor_detail(journal)
     watch = Certificates.from_settings(settings, config=lambda: rules.proxy)
     certificates = watch.current() if watch is not None else []
     if as_json:
         listed = state_json(certificates, warn_days=settings.cert_warn_days)["certificates"]
-        display.print_json(
-            {"node": node_detail(node), "services": [s.model_dump() for s in found], "certificates": listed}
-        )
+        extra = {} if executor is None else {"executor": executor}
+        services = [s.model_dump() for s in found]
+        display.print_json({"node": node_detail(node), **extra, "services": services, "certificates": listed})
         return
-    for line in [display.node_line(node), *display.status_lines(found), *display.certificate_lines(certificates)]:
+    lines = [display.node_line(node), *display.executor_lines(executor), *display.status_lines(found)]
+    for line in [*lines, *display.certificate_lines(certificates)]:
         click.echo(line)
 
 

@@ -56,6 +56,16 @@ def node_line(node: NodeStatus) -> str:
     return f"Docker at {node.docker_host}: node {node.hostname or node.node_id} ({role}, swarm {node.swarm_state})"
 
 
+def executor_lines(executor: dict[str, Any] | None) -> list[str]:
+    """Which receiver runs rollouts, when several share the journal: nothing to say on SQLite."""
+    if executor is None:
+        return []
+    if executor["holder"] is None:
+        return ["rollouts: no receiver holds the lease now; the next eligible one takes it within seconds"]
+    left = executor["expires_in_seconds"]
+    return [f"rollouts: run by {executor['holder']} (lease tenure {executor['epoch']}, {left} s left unless renewed)"]
+
+
 def status_lines(found: list[ServiceStatus]) -> list[str]:
     lines: list[str] = []
     for s in found:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from webhook_server.cluster import NodeStatus, ServiceState, Swarm, TaskState
 from webhook_server.errors import DockerError
 from webhook_server.journal import Deployment, Journal
+from webhook_server.leadership import LEASE_NAME
 from webhook_server.rules import RuleSet
 
 # Enough of a service's recent history to find its last finished deployment behind superseded ones.
@@ -118,6 +119,22 @@ def deployment_detail(journal: Journal, dep: Deployment, *, transitions: bool = 
         data["transitions"] = [t.model_dump() for t in journal.transitions(dep.id)]
         data["notifications"] = [n.model_dump() for n in journal.notifications(dep.id)]
     return data
+
+
+def executor_detail(journal: Journal) -> dict[str, Any] | None:
+    """Which receiver runs rollouts, when receivers share the journal (PostgreSQL): the lease's holder
+    (host:pid:tenure) and how long it lasts unless renewed, or no holder while none has it. None on SQLite,
+    where one host's receiver runs them (the lock file beside the journal)."""
+    if not journal.shared:
+        return None
+    lease = journal.lease(LEASE_NAME)
+    if lease is None:
+        return {"holder": None, "epoch": None, "expires_in_seconds": None}
+    return {
+        "holder": lease.holder,
+        "epoch": lease.epoch,
+        "expires_in_seconds": round(lease.remaining.total_seconds(), 1),
+    }
 
 
 def node_detail(node: NodeStatus) -> dict[str, Any]:

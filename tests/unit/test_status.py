@@ -93,3 +93,24 @@ def test_every_rule_is_listed_with_what_runs_and_what_happened(tmp_path: Path) -
     assert (api.in_progress.tasks_updated, api.in_progress.tasks_total) == (1, 1)
     # A rule whose service Docker does not know is still listed, with the reason.
     assert idle.service == "idle" and idle.image is None and idle.problem is not None and "idle" in idle.problem
+
+
+def test_which_receiver_runs_rollouts_is_shown_when_receivers_share_the_journal(journal: Journal) -> None:
+    from webhook_server import display
+    from webhook_server.leadership import LEASE_NAME
+    from webhook_server.status import executor_detail
+
+    if not journal.shared:
+        assert executor_detail(journal) is None  # SQLite: this host's receiver, by the lock file
+        assert display.executor_lines(None) == []
+        return
+    nobody = executor_detail(journal)
+    assert nobody == {"holder": None, "epoch": None, "expires_in_seconds": None}
+    assert "no receiver holds the lease" in display.executor_lines(nobody)[0]
+    epoch = journal.acquire_lease(LEASE_NAME, holder="manager-2:41:5f0c6e4f", ttl=5)
+    held = executor_detail(journal)
+    assert held is not None
+    assert held["holder"] == "manager-2:41:5f0c6e4f" and held["epoch"] == epoch
+    assert 0 < held["expires_in_seconds"] <= 5
+    [line] = display.executor_lines(held)
+    assert line.startswith("rollouts: run by manager-2:41:5f0c6e4f")
