@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -82,6 +83,20 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def free_udp_port() -> int:
+    """A UDP port free on every address, in the range Swarm accepts for its data path (1024-49151)."""
+    rng = random.Random(f"{os.getpid()}-{time.monotonic_ns()}")
+    for _ in range(200):
+        port = rng.randrange(20000, 40000)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise BedUnavailable("no free UDP port for the swarm's data path")
 
 
 def wait_for(predicate, *, timeout: float, interval: float = 0.1, what: str = "condition"):  # type: ignore[no-untyped-def]
@@ -409,7 +424,13 @@ def start_bed(*, boot_timeout: float = BOOT_TIMEOUT) -> SwarmBed:
         dockerd = launch_dockerd(root)
         started.append(dockerd)
         client = connect_dockerd(root, dockerd, timeout=boot_timeout)
-        client.swarm.init(advertise_addr="127.0.0.1", listen_addr=f"127.0.0.1:{free_port()}")
+        # Every one-node bed shares this host's network namespace with the others (a run's beds, its
+        # workers' beds): each overlay network's VXLAN device is made there, and two with the same VNI on
+        # the same UDP port cannot both exist ("error creating vxlan interface: file exists"). So each
+        # swarm carries its overlays on a port of its own.
+        client.swarm.init(
+            advertise_addr="127.0.0.1", listen_addr=f"127.0.0.1:{free_port()}", data_path_port=free_udp_port()
+        )
         registry_proc, registry = start_registry(root / "registry", "127.0.0.1", timeout=boot_timeout)
         started.append(registry_proc)
         return SwarmBed(
