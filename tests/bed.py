@@ -40,8 +40,11 @@ REQUIRED_BINARIES = ("dockerd", "docker-registry", "htpasswd")
 # Image behaviours. Each shell traps TERM so a task stops at once instead of waiting out the grace period.
 LONG_RUNNING = ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"]
 CRASHING = ["/bin/sh", "-c", "sleep 1; exit 3"]
-HEALTHY = Healthcheck(test=["CMD", "/bin/true"], interval=500_000_000, timeout=1_000_000_000, retries=1)
-UNHEALTHY = Healthcheck(test=["CMD", "/bin/false"], interval=500_000_000, timeout=1_000_000_000, retries=1)
+# A check's timeout is generous: on a loaded machine (two test workers on two cores) starting /bin/true in
+# the container took more than 1 s, and Swarm rolled a healthy image back ("Health check exceeded timeout").
+# The unhealthy image still fails its first check at once, by its exit code.
+HEALTHY = Healthcheck(test=["CMD", "/bin/true"], interval=500_000_000, timeout=10_000_000_000, retries=3)
+UNHEALTHY = Healthcheck(test=["CMD", "/bin/false"], interval=500_000_000, timeout=10_000_000_000, retries=1)
 
 
 class BedUnavailable(RuntimeError):
