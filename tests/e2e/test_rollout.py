@@ -20,6 +20,10 @@ from tests.server import API_TOKEN, WEBHOOK_TOKEN, documented_payload
 # about what Swarm, the registry or the HTTP layer do (a rollback, a missing tag, tokens, credentials) gain
 # nothing from a second backend and run on SQLite.
 pytestmark = [pytest.mark.swarm]
+# Under xdist, in the multi-node beds' worker, which has a one-node bed of its own (the receiver's image is
+# built on it): there these tests fill the minutes the build takes, and the one-node worker, the longer of
+# the two, is spared them (tests/conftest.py).
+XDIST_GROUP = "multinode"
 
 FAST = "{parallelism: 1, delay: 0s, order: start-first, failure_action: rollback, monitor: 2s}"
 
