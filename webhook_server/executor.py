@@ -285,8 +285,8 @@ class Executor:
             if refusal is not None:
                 self._finish(dep, "skipped", refusal)
                 return None
-            digest = early.digest(dep.image, dep.tag) if early is not None else None
-            target = f"{dep.image}:{dep.tag}@{digest or self._swarm.resolve_digest(dep.image, dep.tag)}"
+            known = early.digest(dep.image, dep.tag) if early is not None else None
+            target = f"{dep.image}:{dep.tag}@{known or self._swarm.resolve_digest(dep.image, dep.tag)}"
         digest = target.partition("@")[2] or None
         if state.runs(target):
             self._journal.update(dep.id, image_ref=target, digest=digest, previous_image=state.image)
