@@ -29,7 +29,7 @@ from webhook_server.proxy.commands import reload_proxy, render_nginx
 from webhook_server.proxy.lineages import certificate_lines
 from webhook_server.rules import RuleSet, RulesSource, load_rules
 from webhook_server.settings import NEW_INSTALL_TOKEN_LENGTH, Settings, load_settings
-from webhook_server.status import cluster_status, deployment_detail, executor_detail, node_detail
+from webhook_server.status import cluster_status, deployment_detail, executor_detail, overview
 
 log = logging.getLogger(__name__)
 DEFAULT_BIND = "127.0.0.1:9000"
@@ -295,9 +295,7 @@ def status(as_json: bool) -> None:
     certificates = watch.current() if watch is not None else []
     if as_json:
         listed = state_json(certificates, warn_days=settings.cert_warn_days)["certificates"]
-        extra = {} if executor is None else {"executor": executor}
-        services = [s.model_dump() for s in found]
-        display.print_json({"node": node_detail(node), **extra, "services": services, "certificates": listed})
+        display.print_json({**overview(node, executor, found), "certificates": listed})
         return
     lines = [display.node_line(node), *display.executor_lines(executor), *display.status_lines(found)]
     for line in [*lines, *display.certificate_lines(certificates)]:

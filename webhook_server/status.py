@@ -137,6 +137,13 @@ def executor_detail(journal: Journal) -> dict[str, Any] | None:
     }
 
 
+def overview(node: NodeStatus, executor: dict[str, Any] | None, found: Sequence[ServiceStatus]) -> dict[str, Any]:
+    """The body of ``GET /api/services``, which ``status --json`` prints too: the node, who runs rollouts
+    (a shared journal only) and every service."""
+    shared = {} if executor is None else {"executor": executor}
+    return {"node": node_detail(node), **shared, "services": [s.model_dump() for s in found]}
+
+
 def node_detail(node: NodeStatus) -> dict[str, Any]:
     """The Docker node this receiver talks to, as /readyz, /api/services and ``status`` show it."""
     return {

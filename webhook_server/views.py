@@ -37,7 +37,7 @@ from webhook_server.matching import Ignored, plan_push
 from webhook_server.operations import request_deploy, request_rollback, wait_seconds
 from webhook_server.proxy import reload as reloading
 from webhook_server.rules import DOCKER_TAG, SERVICE_NAME, RuleSet
-from webhook_server.status import cluster_status, deployment_detail, executor_detail, node_detail
+from webhook_server.status import cluster_status, deployment_detail, executor_detail, node_detail, overview
 
 log = logging.getLogger(__name__)
 
@@ -281,8 +281,7 @@ def list_services() -> Response:
     """Every service in the rules: what it runs, its last deployment, what waits, what is rolling out."""
     ctx = services()
     found = cluster_status(journal=ctx.journal, swarm=ctx.swarm, rules=_rules())
-    extra = {} if (executor := executor_detail(ctx.journal)) is None else {"executor": executor}
-    return jsonify(node=node_detail(ctx.swarm.node()), **extra, services=[s.model_dump() for s in found])
+    return jsonify(overview(ctx.swarm.node(), executor_detail(ctx.journal), found))
 
 
 @api.get("/deployments")
